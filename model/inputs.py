@@ -1,0 +1,33 @@
+"""Keras input pipeline over data_prep's window batches.
+
+The host ships uint8 base codes (85 bytes a sample); the training model one-hots
+them in its first layer, so float32 one-hot never exists for the whole data set.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from data_prep.batches import WindowBatches
+
+
+class CodeBatches(keras.utils.PyDataset):
+    """One epoch of `(codes (b, 85) uint8, targets (b,) float32)` batches.
+
+    `set_epoch` picks the epoch's order and shifts, derived from (seed, epoch), so a
+    resumed trial replays an epoch exactly without saving a generator state.
+    """
+
+    def __init__(self, batches: WindowBatches, **kwargs):
+        super().__init__(**kwargs)
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.batches[index]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)

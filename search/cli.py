@@ -1,0 +1,216 @@
+"""`dream-hpo`: parse, call one library function, print.
+
+Heavy imports (TensorFlow, Ray, MLflow) happen inside the subcommands, so `--help`
+and `prepare` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Defaults for the embedded data set and the `--quick` run (about 5 minutes on 2 CPU cores).
+EMBEDDED = {"n": 200_000, "eval_size": 10_000, "epochs": 10, "batch_size": 10_000}
+QUICK = {"n": 24_000, "eval_size": 4_000, "epochs": 4, "batch_size": 256}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dream-hpo"
+
+
+def _progress_bar(label: str):
+    def report(done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / total) if total else width
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return report
+
+
+def cmd_prepare(args) -> int:
+    from data_prep import prepare
+
+    manifest = prepare(
+        args.train,
+        args.out,
+        eval_size=args.eval_size,
+        split_seed=args.split_seed,
+        progress=_progress_bar(f"prepare {args.train.name}"),
+    )
+    print(
+        f"prepared {manifest['count']:,} sequences ({manifest['eval_size']:,} held out for evaluation) "
+        f"into {args.out}"
+    )
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from data_prep.synth import write_synthetic
+
+    write_synthetic(args.out, args.n, seed=args.seed)
+    print(f"wrote {args.n:,} synthetic DREAM-format lines to {args.out}")
+    return 0
+
+
+def resolve_data(args, defaults: dict) -> Path:
+    """The user's prepared directory, or the embedded synthetic set (made once, then reused)."""
+    if args.data is not None:
+        return args.data
+    from data_prep import ensure_synthetic
+
+    print(f"no --data given: using the embedded synthetic data set ({defaults['n']:,} sequences)")
+    return ensure_synthetic(cache_dir(), defaults["n"], seed=0, eval_size=defaults["eval_size"])
+
+
+def cmd_baseline(args) -> int:
+    from search.study import StudyConfig, run_study
+
+    defaults = QUICK if args.quick else EMBEDDED
+    data_dir = resolve_data(args, defaults)
+    fixed = {"epochs": args.epochs or defaults["epochs"], "seed": args.seed}
+    if args.quick or args.batch_size:
+        fixed["batch_size"] = args.batch_size or defaults["batch_size"]
+    if args.config:
+        fixed.update(load_trial_config(args.config))
+    summary = run_study(
+        StudyConfig(
+            name=study_name(args, "baseline"),
+            data_dir=data_dir,
+            experiment=args.experiment,
+            tracking_uri=args.tracking_uri,
+            address=args.address,
+            storage_path=args.storage_path,
+            gpus_per_trial=args.gpus_per_trial,
+            cpus_per_trial=args.cpus_per_trial,
+            resume=args.resume,
+            fixed=fixed,
+        )
+    )
+    from search.report import print_trial_table
+
+    print_trial_table(summary)
+    from search.tracking import resolve_tracking_uri, ui_command
+
+    print(f"\nbrowse the results: {ui_command(resolve_tracking_uri(args.tracking_uri))}")
+    return 0 if summary["trials"] and summary["trials"][0]["status"] == "done" else 1
+
+
+def study_name(args, kind: str) -> str:
+    """The user's --name, or a fresh time-stamped one (a resume must name its study)."""
+    if args.name:
+        return args.name
+    if args.resume:
+        raise ValueError("--resume needs the --name of the study to continue")
+    import time
+
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_trial_config(path: Path) -> dict:
+    """A config file written by `dream-hpo search` (its best trial), to retrain it."""
+    import json
+
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"{path}: cannot read a trial config: {error}") from error
+    config.pop("data_dir", None)
+    return config
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, help="prepared data directory (default: embedded synthetic set)")
+    parser.add_argument("--experiment", default="dream-hpo", help="MLflow experiment name (default: %(default)s)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)",
+    )
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to join: 'auto' or ray://HOST:PORT (default: start a local Ray)",
+    )
+    parser.add_argument(
+        "--storage-path",
+        help="where Ray Tune keeps checkpoints and results; shared storage (NFS path or s3://) "
+        "on a multi-node cluster (default: ./ray_results)",
+    )
+    parser.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="GPUs per trial; fractions pack trials on one GPU (default: 1 when the cluster has GPUs, else 0)",
+    )
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue the study of this --name after a crash")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dream-hpo",
+        description="Hyperparameter search for the DREAM 2022 mini-Enformer on Ray Tune, Optuna and MLflow.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="validate a DREAM training file and write compact training arrays",
+        description="Parse SEQUENCE<TAB>EXPRESSION lines (.txt or .gz) into uint8 codes, float32 "
+        "targets and a fixed evaluation split, with a JSON manifest.",
+    )
+    prepare.add_argument("train", type=Path, help="DREAM training file (.txt or .txt.gz)")
+    prepare.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
+    prepare.add_argument("--eval-size", type=int, default=10_000, help="held-out sequences (default: %(default)s)")
+    prepare.add_argument("--split-seed", type=int, default=0, help="seed of the eval split (default: %(default)s)")
+    prepare.set_defaults(handler=cmd_prepare)
+
+    synth = commands.add_parser(
+        "synth",
+        help="write a synthetic DREAM-format file from a planted regulatory grammar",
+        description="Random 80 bp promoters between the real constant flanks, with expression from "
+        "documented yeast motif effects plus noise (see data_prep/synth.py).",
+    )
+    synth.add_argument("--n", type=int, required=True, help="number of sequences")
+    synth.add_argument("--out", type=Path, required=True, help="output file (.txt)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    synth.set_defaults(handler=cmd_synth)
+
+    baseline = commands.add_parser(
+        "baseline",
+        help="train the seed's 192/5/4/4 baseline as one Ray Tune trial, logged to MLflow",
+        description="Train the seed's configuration (192 channels, stem width 5, tower width 4, 4 "
+        "transformer layers, SGD lr 0.01) through the same trainable a search uses.",
+    )
+    add_cluster_arguments(baseline)
+    baseline.add_argument("--epochs", type=int, help=f"epochs (default: {EMBEDDED['epochs']}, quick: {QUICK['epochs']})")
+    baseline.add_argument("--batch-size", type=int, help="batch size (default: the seed's 10,000; quick: 256)")
+    baseline.add_argument("--config", type=Path, help="a trial config JSON (e.g. a search's best_config.json)")
+    baseline.add_argument("--name", help="study name for Ray Tune and MLflow (default: baseline-DATE-TIME)")
+    baseline.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a small demo: {QUICK['n']:,} synthetic sequences, {QUICK['epochs']} epochs, batch {QUICK['batch_size']}",
+    )
+    baseline.set_defaults(handler=cmd_baseline)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as error:
+        print(f"dream-hpo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dream-hpo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The one trainable: every trial, the baseline included, trains through `train_trial`.
+
+A trial's Ray config is flat: the fields of `ModelConfig` and `TrainConfig` plus
+`data_dir`. Each epoch it reports metrics together with a checkpoint holding the
+weights, the optimizer state, the dropout generators' state and the history, so a
+killed trial resumes at the next epoch. It does not talk to MLflow: the driver's
+`tracking.MlflowTrialLogger` logs what the trial reports, which survives ASHA
+stopping a trial and workers that cannot reach the tracking server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from ray import tune
+
+WEIGHTS_FILE = "weights.weights.h5"
+STATE_FILE = "state.json"
+RNG_FILE = "rng_state.npz"
+BEST_MODEL_FILE = "best_model.keras"
+BEST_PREDICTIONS_FILE = "best_eval_predictions.npz"
+SEARCH_METRIC = "eval_pearson"
+
+
+def split_trial_config(config: dict):
+    """Turn a flat trial config into (ModelConfig, TrainConfig, data_dir)."""
+    from model import ModelConfig, TrainConfig
+
+    # Ray's samplers may hand back NumPy scalars; the configs validate plain Python types.
+    config = {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}
+    model_fields, train_fields = set(ModelConfig.fields()), set(TrainConfig.fields())
+    unknown = set(config) - model_fields - train_fields - {"data_dir"}
+    if unknown:
+        raise ValueError(
+            f"unknown trial config keys {sorted(unknown)}; allowed: model fields "
+            f"{sorted(model_fields)}, train fields {sorted(train_fields)} and data_dir"
+        )
+    model_config = ModelConfig.from_dict({k: v for k, v in config.items() if k in model_fields})
+    train_config = TrainConfig.from_dict({k: v for k, v in config.items() if k in train_fields})
+    return model_config, train_config, Path(config["data_dir"])
+
+
+def allow_gpu_memory_growth() -> None:
+    """Packed trials (fractional GPUs) must not each grab the whole card."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def describe_hardware() -> str:
+    """What this trial trains on, for the MLflow run."""
+    import platform
+
+    gpus = []
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import tensorflow as tf
+
+        gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in tf.config.list_physical_devices("GPU")]
+    cpu = f"{platform.machine()} x{os.cpu_count()} CPUs"
+    return f"{', '.join(gpus)} + {cpu}" if gpus else cpu
+
+
+def _seed_generator_variables(model):
+    return [v for v in model.non_trainable_variables if "seed_generator" in v.path]
+
+
+def evaluate(training_model, data, batch_size: int) -> tuple[dict, np.ndarray]:
+    """Whole-eval-split metrics (not per-batch means) and the predictions, unshifted window."""
+    from data_prep.encoding import window
+    from model.metrics import mse, pearson, poisson, spearman
+
+    codes = window(data.codes, data.eval_index, 0)
+    observed = np.asarray(data.targets[data.eval_index], dtype=np.float32)
+    predicted = np.asarray(training_model.predict(codes, batch_size=batch_size, verbose=0), np.float32).reshape(-1)
+    metrics = {
+        "eval_pearson": pearson(observed, predicted),
+        "eval_spearman": spearman(observed, predicted),
+        "eval_mse": mse(observed, predicted),
+        "eval_poisson": poisson(observed, predicted),
+    }
+    return metrics, predicted
+
+
+class TrialState:
+    """What a checkpoint carries besides weights: progress, history and the best epoch."""
+
+    def __init__(self, epochs_done=0, history=None, best_epoch=None, best_eval_pearson=-math.inf):
+        self.epochs_done = epochs_done
+        self.history = history or []
+        self.best_epoch = best_epoch
+        self.best_eval_pearson = best_eval_pearson
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrialState":
+        return cls(**json.loads(text))
+
+
+def train_trial(config: dict) -> None:
+    """Train one configuration, reporting and checkpointing every epoch."""
+    allow_gpu_memory_growth()
+    import keras
+
+    from data_prep import PreparedData
+    from data_prep.batches import WindowBatches
+    from model import build_training_model, compile_for_training, core_model, save_model, set_precision
+    from model.inputs import CodeBatches
+
+    model_config, train_config, data_dir = split_trial_config(config)
+    data = PreparedData.load(data_dir)
+    set_precision(train_config)
+    keras.utils.set_random_seed(train_config.seed)
+    training_model = build_training_model(model_config)
+    compile_for_training(training_model, train_config)
+    training_model.optimizer.build(training_model.trainable_variables)
+    core = core_model(training_model)
+
+    batch_size = min(train_config.batch_size, len(data.train_index))
+    train_batches = CodeBatches(
+        WindowBatches(data.codes, data.targets, data.train_index, batch_size, train_config.seed, augment=True)
+    )
+
+    state = TrialState()
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            directory = Path(directory)
+            training_model.load_weights(directory / WEIGHTS_FILE)
+            rng = np.load(directory / RNG_FILE)
+            for variable in _seed_generator_variables(training_model):
+                variable.assign(rng[variable.path])
+            state = TrialState.from_json((directory / STATE_FILE).read_text())
+            best_files = {
+                name: (directory / name).read_bytes()
+                for name in (BEST_MODEL_FILE, BEST_PREDICTIONS_FILE)
+                if (directory / name).exists()
+            }
+    else:
+        best_files = {}
+
+    for epoch in range(state.epochs_done, train_config.epochs):
+        train_batches.set_epoch(epoch)
+        started = time.perf_counter()
+        fit = training_model.fit(train_batches, epochs=1, verbose=0)
+        epoch_seconds = time.perf_counter() - started
+        train_loss = float(fit.history["loss"][-1])
+        if not math.isfinite(train_loss):
+            tune.report(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": train_loss,
+                    SEARCH_METRIC: 0.0,
+                    "diverged": 1,
+                    "stop_reason": f"diverged: train loss {train_loss} at epoch {epoch + 1}",
+                }
+            )
+            return
+        metrics, predicted = evaluate(training_model, data, batch_size)
+        metrics = {k: (v if math.isfinite(v) else 0.0) for k, v in metrics.items()}
+        metrics.update(
+            epoch=epoch + 1,
+            train_loss=train_loss,
+            epoch_seconds=epoch_seconds,
+            samples_per_second=len(data.train_index) / epoch_seconds,
+            diverged=0,
+            hardware=describe_hardware(),
+        )
+        state.history.append(metrics)
+        state.epochs_done = epoch + 1
+        if metrics[SEARCH_METRIC] > state.best_eval_pearson:
+            state.best_epoch, state.best_eval_pearson = epoch + 1, metrics[SEARCH_METRIC]
+            best_files = _best_epoch_files(core, data, predicted, save_model)
+        with tempfile.TemporaryDirectory() as directory:
+            directory = Path(directory)
+            training_model.save_weights(directory / WEIGHTS_FILE)
+            np.savez(
+                directory / RNG_FILE,
+                **{v.path: np.asarray(v.numpy()) for v in _seed_generator_variables(training_model)},
+            )
+            (directory / STATE_FILE).write_text(state.to_json())
+            for name, content in best_files.items():
+                (directory / name).write_bytes(content)
+            tune.report(
+                dict(metrics, best_eval_pearson=state.best_eval_pearson, best_epoch=state.best_epoch),
+                checkpoint=tune.Checkpoint.from_directory(directory),
+            )
+
+
+def _best_epoch_files(core, data, predicted, save_model) -> dict[str, bytes]:
+    """The best epoch's model and eval predictions, carried in every later checkpoint."""
+    with tempfile.TemporaryDirectory() as directory:
+        model_path = Path(directory) / BEST_MODEL_FILE
+        save_model(core, model_path)
+        predictions_path = Path(directory) / BEST_PREDICTIONS_FILE
+        np.savez(
+            predictions_path,
+            row=np.asarray(data.eval_index),
+            observed=np.asarray(data.targets[data.eval_index], dtype=np.float32),
+            predicted=predicted,
+        )
+        return {BEST_MODEL_FILE: model_path.read_bytes(), BEST_PREDICTIONS_FILE: predictions_path.read_bytes()}

@@ -1,0 +1,155 @@
+"""The baseline trial end to end: real local Ray, real MLflow SQLite store, real training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from data_prep import PreparedData, prepare
+from data_prep.synth import write_synthetic
+
+pytestmark = pytest.mark.slow
+
+# A small but real configuration from the search ranges, so CPU tests take seconds per epoch.
+TINY = {"channels": 48, "stem_width": 5, "tower_width": 4, "transformer_layers": 1, "batch_size": 64}
+DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "dream_demo_train.txt"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    write_synthetic(root / "synthetic.txt", 1_200, seed=3)
+    prepare(root / "synthetic.txt", root / "prepared", eval_size=300, split_seed=0)
+    return root / "prepared"
+
+
+def run_baseline(tmp_path: Path, data: Path, name: str, fixed: dict, **kwargs) -> dict:
+    from search.study import StudyConfig, run_study
+
+    return run_study(
+        StudyConfig(
+            name=name,
+            data_dir=data,
+            experiment="tests",
+            tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+            storage_path=str(tmp_path / "ray_results"),
+            gpus_per_trial=0,
+            fixed=fixed,
+            **kwargs,
+        ),
+        progress=lambda message: None,
+    )
+
+
+def study_runs(tmp_path: Path, study: str):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("tests")
+    return client, client.search_runs([experiment.experiment_id], filter_string=f"tags.study = '{study}'")
+
+
+def test_baseline_trial_logs_epochs_artifacts_and_a_loadable_model(tmp_path, tiny_data):
+    summary = run_baseline(tmp_path, tiny_data, "base", dict(TINY, epochs=2, learning_rate=0.01))
+    [trial] = summary["trials"]
+    assert trial["status"] == "done" and trial["epochs_trained"] == 2 and trial["baseline"]
+
+    client, runs = study_runs(tmp_path, "base")
+    [run] = runs
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["baseline"] == "true"
+    assert len(run.data.tags["git_commit"]) in (40, len("unknown"))
+    assert run.data.tags["data_sha256"] == json.loads((tiny_data / "manifest.json").read_text())["source_sha256"]
+    assert run.data.params["channels"] == "48" and run.data.params["learning_rate"] == "0.01"
+    for metric in ("train_loss", "eval_pearson", "eval_spearman", "eval_mse", "eval_poisson", "samples_per_second"):
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert sorted(m.step for m in history) == [1, 2], metric
+    pearsons = [m.value for m in client.get_metric_history(run.info.run_id, "eval_pearson")]
+    assert run.data.metrics["best_eval_pearson"] == pytest.approx(max(pearsons))
+
+    artifacts = {a.path for folder in ("plots", "predictions", "config", "data") for a in client.list_artifacts(run.info.run_id, folder)}
+    assert artifacts == {
+        "plots/training_curve.png",
+        "plots/observed_vs_predicted.png",
+        "predictions/eval_predictions.csv",
+        "config/trial_config.json",
+        "data/data_manifest.json",
+    }
+    local = Path(client.download_artifacts(run.info.run_id, "predictions/eval_predictions.csv", str(tmp_path)))
+    import pandas as pd
+
+    table = pd.read_csv(local)
+    data = PreparedData.load(tiny_data)
+    assert len(table) == 300
+    np.testing.assert_array_equal(table["row"], data.eval_index)
+    np.testing.assert_allclose(table["observed"], data.targets[data.eval_index], rtol=1e-6)
+    r = np.corrcoef(table["observed"], table["predicted"])[0, 1]
+    assert r == pytest.approx(max(pearsons), abs=1e-4)
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    pyfunc = mlflow.pyfunc.load_model(logged.model_uri)
+    from data_prep.encoding import one_hot, window
+
+    inputs = one_hot(window(data.codes, data.eval_index[:50], 0))
+    predicted = np.asarray(pyfunc.predict(inputs)).reshape(-1)
+    np.testing.assert_allclose(predicted, table["predicted"][:50], rtol=1e-4, atol=1e-5)
+
+
+def test_diverging_trial_stops_with_a_reason(tmp_path, tiny_data):
+    summary = run_baseline(tmp_path, tiny_data, "diverge", dict(TINY, epochs=3, learning_rate=1e6))
+    [trial] = summary["trials"]
+    assert trial["status"] == "diverged"
+    assert trial["epochs_trained"] == 1
+    _, [run] = study_runs(tmp_path, "diverge")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["stop_reason"].startswith("diverged: train loss")
+
+
+def test_interrupted_baseline_resumes_from_its_checkpoint_without_repeating_epochs(tmp_path, tiny_data):
+    """Ctrl-C after epoch 1 leaves the run KILLED; --resume finishes it with each epoch logged once."""
+    command = [
+        sys.executable, "-m", "search.cli", "baseline",
+        "--data", str(tiny_data), "--name", "resumable", "--experiment", "tests",
+        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray_results"),
+        "--gpus-per-trial", "0", "--epochs", "4", "--batch-size", "16",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True)
+    deadline = time.time() + 240
+    while not list((tmp_path / "ray_results" / "resumable").glob("*/checkpoint_*")):
+        assert driver.poll() is None, "the baseline ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint within 4 minutes"
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=120) != 0
+    client, [run] = study_runs(tmp_path, "resumable")
+    assert run.info.status == "KILLED"
+    interrupted_at = len(client.get_metric_history(run.info.run_id, "eval_pearson"))
+    assert 1 <= interrupted_at < 4
+
+    finished = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, timeout=600)
+    assert finished.returncode == 0
+    client, [run] = study_runs(tmp_path, "resumable")
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval_pearson")) == [1, 2, 3, 4]
+    assert run.data.metrics["epochs_trained"] == 4
+
+
+@pytest.mark.skipif(not DEMO.exists(), reason=f"real DREAM demo sample not present at {DEMO}")
+def test_real_demo_sample_trains_one_epoch(tmp_path):
+    prepare(DEMO, tmp_path / "demo", eval_size=1_000, split_seed=0)
+    summary = run_baseline(tmp_path, tmp_path / "demo", "demo", dict(TINY, epochs=1, batch_size=128))
+    [trial] = summary["trials"]
+    assert trial["status"] == "done" and trial["epochs_trained"] == 1
+    _, [run] = study_runs(tmp_path, "demo")
+    assert np.isfinite(run.data.metrics["eval_pearson"]) and run.data.metrics["train_loss"] > 0
