@@ -72,11 +72,10 @@ def cmd_baseline(args) -> int:
 
     defaults = QUICK if args.quick else EMBEDDED
     data_dir = resolve_data(args, defaults)
-    fixed = {"epochs": args.epochs or defaults["epochs"], "seed": args.seed}
+    fixed = load_trial_config(args.config) if args.config else {}
+    fixed.update(seed=args.seed, epochs=args.epochs or fixed.get("epochs") or defaults["epochs"])
     if args.quick or args.batch_size:
         fixed["batch_size"] = args.batch_size or defaults["batch_size"]
-    if args.config:
-        fixed.update(load_trial_config(args.config))
     summary = run_study(
         StudyConfig(
             name=study_name(args, "baseline"),
@@ -98,6 +97,53 @@ def cmd_baseline(args) -> int:
 
     print(f"\nbrowse the results: {ui_command(resolve_tracking_uri(args.tracking_uri))}")
     return 0 if summary["trials"] and summary["trials"][0]["status"] == "done" else 1
+
+
+def cmd_search(args) -> int:
+    import json
+
+    from search.report import print_trial_table
+    from search.space import load_space
+    from search.study import StudyConfig, run_study
+    from search.tracking import resolve_tracking_uri, ui_command
+
+    space = load_space(args.space)
+    defaults = QUICK if args.quick else EMBEDDED
+    data_dir = resolve_data(args, defaults)
+    fixed = {"epochs": args.max_epochs or defaults["epochs"], "seed": args.seed}
+    if "batch_size" not in space and (args.quick or args.batch_size):
+        fixed["batch_size"] = args.batch_size or defaults["batch_size"]
+    config = StudyConfig(
+        name=study_name(args, "search"),
+        data_dir=data_dir,
+        experiment=args.experiment,
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        storage_path=args.storage_path,
+        space=space,
+        num_trials=args.num_trials,
+        max_concurrent=args.max_concurrent,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        scheduler=args.scheduler,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        seed=args.seed,
+        resume=args.resume,
+        fixed=fixed,
+        register_as=args.register_as,
+    )
+    summary = run_study(config)
+    print_trial_table(summary)
+    best = next((t for t in summary["trials"] if t["status"] == "done"), None)
+    if best:
+        out = args.best_config or Path(f"{config.name}-best_config.json")
+        out.write_text(json.dumps(best["config"], indent=2, sort_keys=True))
+        print(f"\nbest config written to {out}; retrain it with: dream-hpo baseline --config {out}")
+    if summary.get("registered"):
+        print(f"best model registered as {summary['registered']}")
+    print(f"browse the results: {ui_command(resolve_tracking_uri(args.tracking_uri))}")
+    return 0 if best else 1
 
 
 def study_name(args, kind: str) -> str:
@@ -196,6 +242,27 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a small demo: {QUICK['n']:,} synthetic sequences, {QUICK['epochs']} epochs, batch {QUICK['batch_size']}",
     )
     baseline.set_defaults(handler=cmd_baseline)
+
+    search = commands.add_parser(
+        "search",
+        help="Optuna trials around the baseline on Ray Tune, each logged to MLflow",
+        description="Search filter count, conv widths, transformer depth and learning rate around the "
+        "seed's 192/5/4/4 (always trial 0), with Optuna's TPE sampler and ASHA early stopping.",
+    )
+    add_cluster_arguments(search)
+    search.add_argument("--space", type=Path, help="search space file (.yaml or .toml; default: the built-in space)")
+    search.add_argument("--num-trials", type=int, default=20, help="trials, the baseline included (default: %(default)s)")
+    search.add_argument("--max-concurrent", type=int, help="trials running at once (default: as resources allow)")
+    search.add_argument("--scheduler", choices=["asha", "none"], default="asha", help="early stopping (default: %(default)s)")
+    search.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial may stop (default: %(default)s)")
+    search.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/F at each rung (default: %(default)s)")
+    search.add_argument("--max-epochs", type=int, help=f"epochs per trial (default: {EMBEDDED['epochs']}, quick: {QUICK['epochs']})")
+    search.add_argument("--batch-size", type=int, help="batch size unless searched (default: 10,000; quick: 256)")
+    search.add_argument("--name", help="study name (default: search-DATE-TIME); --resume needs it")
+    search.add_argument("--register-as", default="dream-hpo-best", help="Model Registry name for the best model (default: %(default)s)")
+    search.add_argument("--best-config", type=Path, help="where to write the best config (default: NAME-best_config.json)")
+    search.add_argument("--quick", action="store_true", help="a small demo on the quick synthetic set")
+    search.set_defaults(handler=cmd_search)
     return parser
 
 

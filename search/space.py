@@ -57,6 +57,22 @@ class Parameter:
             return list(range(int(self.low), int(self.high) + 1, step))
         return [self.low, self.high]
 
+    def to_spec(self) -> dict:
+        """The file form of this parameter, as a user would write it."""
+        if self.type == "categorical":
+            return {"type": self.type, "choices": list(self.choices)}
+        spec = {"type": self.type, "low": self.low, "high": self.high, "log": self.log}
+        return spec | ({"step": self.step} if self.step else {})
+
+    def to_optuna(self):
+        import optuna
+
+        if self.type == "categorical":
+            return optuna.distributions.CategoricalDistribution(list(self.choices))
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), step=self.step or 1, log=self.log)
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
+
     def to_ray(self):
         from ray import tune
 

@@ -1,0 +1,194 @@
+"""The search: Optuna trials on real local Ray with ASHA, nested MLflow runs, registry, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from data_prep import prepare
+from data_prep.synth import write_synthetic
+from search.space import BASELINE_POINT, SpaceError, load_space, parse_space
+
+# Around the baseline but small enough for CPU tests; the baseline must lie inside.
+SMALL_SPACE = {
+    "channels": {"type": "int", "low": 96, "high": 192, "step": 48},
+    "stem_width": {"type": "int", "low": 3, "high": 5},
+    "tower_width": {"type": "int", "low": 2, "high": 4},
+    "transformer_layers": {"type": "int", "low": 1, "high": 4},
+    "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def search_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("search")
+    write_synthetic(root / "synthetic.txt", 900, seed=5)
+    prepare(root / "synthetic.txt", root / "prepared", eval_size=300, split_seed=0)
+    return root / "prepared"
+
+
+def child_runs(tracking_uri: str, study: str):
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("tests")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.study = '{study}'")
+    parents = [r for r in runs if r.data.tags.get("study_parent") == "true"]
+    return client, parents, [r for r in runs if r.data.tags.get("study_parent") != "true"]
+
+
+@pytest.mark.slow
+def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path, search_data):
+    from search.study import StudyConfig, run_study
+
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    summary = run_study(
+        StudyConfig(
+            name="six",
+            data_dir=search_data,
+            experiment="tests",
+            tracking_uri=tracking_uri,
+            storage_path=str(tmp_path / "ray_results"),
+            space=parse_space(SMALL_SPACE),
+            num_trials=6,
+            max_concurrent=2,
+            gpus_per_trial=0,
+            scheduler="asha",
+            grace_period=1,
+            reduction_factor=2,
+            seed=7,
+            fixed={"epochs": 4, "batch_size": 64, "seed": 0},
+            register_as="tests-best",
+        ),
+        progress=lambda message: None,
+    )
+    trials = summary["trials"]
+    assert len(trials) == 6 and all(t["status"] == "done" for t in trials)
+    assert min(t["epochs_trained"] for t in trials) < 4, "ASHA stopped no trial early"
+    assert max(t["epochs_trained"] for t in trials) == 4
+
+    client, [parent], children = child_runs(tracking_uri, "six")
+    assert len(children) == 6
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert all(c.info.status == "FINISHED" for c in children)
+    first = min(children, key=lambda c: c.info.start_time)
+    assert first.data.tags["baseline"] == "true"
+    assert {k: float(first.data.params[k]) for k in BASELINE_POINT} == {k: float(v) for k, v in BASELINE_POINT.items()}
+    assert sum(c.data.tags["baseline"] == "true" for c in children) == 1
+
+    best = trials[0]
+    assert best["best_eval_pearson"] == max(t["best_eval_pearson"] for t in trials)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_eval_pearson"] == pytest.approx(best["best_eval_pearson"])
+    assert parent.data.tags["best_run_id"] == best["run_id"]
+    artifacts = {a.path for folder in ("study", "plots") for a in client.list_artifacts(parent.info.run_id, folder)}
+    assert {"study/trials.csv", "study/best_config.json", "study/search_space.json"} <= artifacts
+    assert {"plots/optimization_history.png", "plots/param_importances.png", "plots/parallel_coordinate.png"} <= artifacts
+
+    version = client.get_latest_versions("tests-best")[0]
+    assert summary["registered"] == f"models:/tests-best/{version.version}"
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(summary["registered"])
+    assert np.asarray(model.predict(np.zeros((3, 85, 4), np.float32))).shape[0] == 3
+
+
+def test_bad_space_files_are_rejected_with_what_to_change(tmp_path):
+    bad_range = tmp_path / "space.yaml"
+    bad_range.write_text("channels: {type: int, low: 384, high: 96}\n")
+    with pytest.raises(SpaceError, match=r"space.yaml: parameter 'channels': needs low < high, got low=384 high=96"):
+        load_space(bad_range)
+
+    heads = tmp_path / "heads.toml"
+    heads.write_text('[channels]\ntype = "int"\nlow = 96\nhigh = 200\nstep = 52\n')
+    with pytest.raises(SpaceError, match=r"high - low \(104\) must be a multiple of step 52"):
+        load_space(heads)
+
+    indivisible = tmp_path / "indivisible.toml"
+    indivisible.write_text('[channels]\ntype = "categorical"\nchoices = [192, 200]\n')
+    with pytest.raises(SpaceError, match=r"'channels' allows 200, which makes an invalid config"):
+        load_space(indivisible)
+
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("filters: {type: int, low: 1, high: 2}\n")
+    with pytest.raises(SpaceError, match=r"'filters' is not a config field"):
+        load_space(unknown)
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("channels: [unclosed\n")
+    with pytest.raises(SpaceError, match=r"broken.yaml: not valid YAML"):
+        load_space(broken)
+
+    no_baseline = parse_space({"learning_rate": {"type": "float", "low": 0.02, "high": 0.1}})
+    from search.space import baseline_point
+
+    with pytest.raises(SpaceError, match=r"must contain the baseline value 0.01"):
+        baseline_point(no_baseline, {})
+
+    result = subprocess.run(
+        [sys.executable, "-m", "search.cli", "search", "--space", str(bad_range)],
+        capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert result.returncode == 2
+    assert "needs low < high" in result.stderr
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_default_space_is_around_the_baseline():
+    space = load_space(None)
+    assert space["channels"].values_to_check() == [96, 144, 192, 240, 288, 336, 384]
+    assert (space["stem_width"].low, space["stem_width"].high) == (3, 15)
+    assert (space["tower_width"].low, space["tower_width"].high) == (2, 8)
+    assert (space["transformer_layers"].low, space["transformer_layers"].high) == (1, 8)
+    assert space["learning_rate"].log and (space["learning_rate"].low, space["learning_rate"].high) == (1e-3, 1e-1)
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_with_one_mlflow_run_per_trial(tmp_path, search_data):
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(SMALL_SPACE))
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    command = [
+        sys.executable, "-m", "search.cli", "search", "--data", str(search_data), "--name", "killed",
+        "--experiment", "tests", "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "ray_results"),
+        "--space", str(space_file), "--num-trials", "4", "--max-concurrent", "2", "--gpus-per-trial", "0",
+        "--scheduler", "none", "--max-epochs", "3", "--batch-size", "64", "--register-as", "killed-best",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while True:
+            assert driver.poll() is None, "the search ended before it could be killed"
+            assert time.time() < deadline, "no trial finished within 5 minutes"
+            if (tmp_path / "mlflow.db").exists():
+                _, _, children = child_runs(tracking_uri, "killed")
+                if sum(c.info.status == "FINISHED" for c in children) >= 1 and len(children) >= 2:
+                    break
+            time.sleep(1)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    _, _, before = child_runs(tracking_uri, "killed")
+
+    resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, timeout=900)
+    assert resumed.returncode == 0
+    client, parents, children = child_runs(tracking_uri, "killed")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [c.data.tags["ray_trial_id"] for c in children]
+    assert len(children) == 4 and len(set(trial_ids)) == 4
+    assert {c.info.run_id for c in before} <= {c.info.run_id for c in children}
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "eval_pearson")]
+        assert sorted(steps) == [1, 2, 3], (child.data.tags["ray_trial_id"], steps)
+        assert child.info.status == "FINISHED"
+    assert (tmp_path / "killed-best_config.json").exists()
