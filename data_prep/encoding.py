@@ -1,0 +1,60 @@
+"""Base codes, the fixed 110-wide layout and the 85 bp training window.
+
+Sequences are stored as uint8 codes A,C,G,T,N -> 0..4 in a row of SEQUENCE_WIDTH,
+as the seed stored them (janggu's fixedlen=110): longer sequences are cut at the 3'
+end, shorter ones padded with N. The model sees positions 15..100; training shifts
+that window by -1, 0 or +1 base per example. One-hot happens late (here or in the
+model's first layer) so float32 one-hot never exists for a whole data set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BASES = "ACGTN"
+N_CODE = 4
+INVALID = 255
+SEQUENCE_WIDTH = 110
+WINDOW_START = 15
+WINDOW_LENGTH = 85
+SHIFTS = (-1, 0, 1)
+
+BASE_BYTES = np.frombuffer(BASES.encode(), dtype=np.uint8)
+
+# Byte -> code lookup, case-insensitive; everything else maps to INVALID.
+CODE_OF_BYTE = np.full(256, INVALID, dtype=np.uint8)
+for _code, _base in enumerate(BASES):
+    CODE_OF_BYTE[ord(_base)] = _code
+    CODE_OF_BYTE[ord(_base.lower())] = _code
+
+
+def encode_sequences(sequences) -> np.ndarray:
+    """Codes `(n, SEQUENCE_WIDTH)` for strings of any length; raises on characters outside ACGTN."""
+    sequences = list(sequences)
+    codes = np.full((len(sequences), SEQUENCE_WIDTH), N_CODE, dtype=np.uint8)
+    for row, sequence in enumerate(sequences):
+        raw = np.frombuffer(sequence[:SEQUENCE_WIDTH].encode("ascii", "replace"), dtype=np.uint8)
+        coded = CODE_OF_BYTE[raw]
+        if (coded == INVALID).any():
+            bad = sequence[int(np.argmax(coded == INVALID))]
+            raise ValueError(f"sequence {row + 1} has character {bad!r}; only A, C, G, T and N are allowed")
+        codes[row, : len(coded)] = coded
+    return codes
+
+
+def window(codes: np.ndarray, rows: np.ndarray, shifts=0) -> np.ndarray:
+    """The 85 bp windows `(len(rows), 85)` of `codes[rows]`, each moved by its shift (-1, 0 or +1)."""
+    rows = np.asarray(rows)
+    starts = WINDOW_START + np.broadcast_to(np.asarray(shifts, dtype=np.intp), rows.shape)
+    columns = starts[:, None] + np.arange(WINDOW_LENGTH, dtype=np.intp)
+    return np.take_along_axis(np.asarray(codes[rows]), columns, axis=1)
+
+
+def one_hot(codes: np.ndarray) -> np.ndarray:
+    """Float32 one-hot `(..., 4)`; N is an all-zero row, as in the seed."""
+    return np.eye(N_CODE + 1, dtype=np.float32)[codes][..., :N_CODE]
+
+
+def decode(codes: np.ndarray) -> str:
+    """One row of codes back to a string (padding N included)."""
+    return BASE_BYTES[np.asarray(codes)].tobytes().decode()
