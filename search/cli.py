@@ -146,6 +146,42 @@ def cmd_search(args) -> int:
     return 0 if best else 1
 
 
+def cmd_predict(args) -> int:
+    from search.predict import predict_file
+
+    count = predict_file(
+        args.model,
+        args.sequences,
+        args.out,
+        format=args.format,
+        tracking_uri=args.tracking_uri,
+        batch_size=args.batch_size,
+        progress=_progress_bar,
+    )
+    print(f"wrote {count:,} predictions to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from model.challenge_scores import format_table
+    from search.predict import evaluate_file
+
+    scores = evaluate_file(
+        args.model,
+        args.sequences,
+        subsets=args.subsets,
+        public_leaderboard=args.public_leaderboard,
+        log_to=args.log_to,
+        tracking_uri=args.tracking_uri,
+        batch_size=args.batch_size,
+        progress=_progress_bar,
+    )
+    print(format_table(scores))
+    if args.log_to:
+        print(f"logged the scores to MLflow run {args.log_to}")
+    return 0
+
+
 def study_name(args, kind: str) -> str:
     """The user's --name, or a fresh time-stamped one (a resume must name its study)."""
     if args.name:
@@ -193,6 +229,21 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the study of this --name after a crash")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="an MLflow run id, models:/NAME/VERSION (e.g. a search's registered best) or a .keras file",
+    )
+    parser.add_argument(
+        "--sequences", type=Path, required=True, help="DREAM test file: SEQUENCE[<TAB>EXPRESSION] per line"
+    )
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)"
+    )
+    parser.add_argument("--batch-size", type=int, default=1024, help="sequences per batch (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,6 +314,36 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--best-config", type=Path, help="where to write the best config (default: NAME-best_config.json)")
     search.add_argument("--quick", action="store_true", help="a small demo on the quick synthetic set")
     search.set_defaults(handler=cmd_search)
+
+    predict = commands.add_parser(
+        "predict",
+        help="predict a DREAM test file and write the challenge's submission file",
+        description="Encode each sequence exactly as in training (110-wide, unshifted 85 bp window, N as "
+        "zeros), predict in batches and write the final-phase TSV (sequence<TAB>prediction, input order) "
+        "or the leaderboard JSON ({\"index\": prediction}).",
+    )
+    add_model_arguments(predict)
+    predict.add_argument("--out", type=Path, required=True, help="submission file to write (replaced atomically)")
+    predict.add_argument(
+        "--format", choices=["tsv", "json"], help="submission format (default: json for a .json --out, else tsv)"
+    )
+    predict.set_defaults(handler=cmd_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a model on a test file with measured expression, per challenge subset",
+        description="Pearson and Spearman overall and, with the organisers' test_subset_ids, per subset "
+        "(paired subsets on alt - ref differences) and the weighted PearsonScore and SpearmanScore.",
+    )
+    add_model_arguments(evaluate)
+    evaluate.add_argument("--subsets", type=Path, help="the challenge's test_subset_ids folder (CSV index files)")
+    evaluate.add_argument(
+        "--public-leaderboard",
+        type=Path,
+        help="the challenge's public_leaderboard_ids folder: leave its sequences out, as the final scores did",
+    )
+    evaluate.add_argument("--log-to", metavar="RUN_ID", help="log the scores as metrics of this MLflow run")
+    evaluate.set_defaults(handler=cmd_evaluate)
     return parser
 
 
@@ -274,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as error:
         print(f"dream-hpo {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"dream-hpo {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interruption:
+        print(f"dream-hpo {args.command}: interrupted {interruption}".rstrip(), file=sys.stderr)
         return 130
 
 

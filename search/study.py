@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,7 +133,10 @@ def run_study(config: StudyConfig, progress=print) -> dict:
             ),
         )
     try:
-        results = tuner.fit()
+        with GracefulInterrupt() as interrupt:
+            results = tuner.fit()
+        if interrupt.happened:
+            raise KeyboardInterrupt(f"(state saved); continue it with --resume --name {config.name}")
     finally:
         tracking.close_open_runs(client, experiment_id, config.name, "KILLED")
     device_share = gpus if gpus > 0 else config.cpus_per_trial
@@ -141,6 +146,33 @@ def run_study(config: StudyConfig, progress=print) -> dict:
 
         finish_parent_run(client, parent_run_id, summary, config)
     return summary
+
+
+class GracefulInterrupt:
+    """Ctrl-C asks Ray Tune to stop gracefully (saving its state), and is remembered.
+
+    Tune swallows Ctrl-C and returns as if it had finished; here Ctrl-C instead
+    sends Tune the SIGUSR1 that stops it the same way, and the command can then
+    exit non-zero and tell the user to resume. A second Ctrl-C interrupts at once.
+    """
+
+    def __enter__(self):
+        self.happened = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+            self.previous = signal.signal(signal.SIGINT, self._interrupt)
+        return self
+
+    def _interrupt(self, signum, frame):
+        self.happened = True
+        signal.signal(signal.SIGINT, self.previous)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def _param_space(space: dict[str, Parameter], constants: dict) -> dict:

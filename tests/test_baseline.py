@@ -152,4 +152,4 @@ def test_real_demo_sample_trains_one_epoch(tmp_path):
     [trial] = summary["trials"]
     assert trial["status"] == "done" and trial["epochs_trained"] == 1
     _, [run] = study_runs(tmp_path, "demo")
-    assert np.isfinite(run.data.metrics["eval_pearson"]) and run.data.metrics["train_loss"] > 0
+    assert np.isfinite(run.data.metrics["eval_pearson"]) and np.isfinite(run.data.metrics["train_loss"])
