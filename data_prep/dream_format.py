@@ -67,11 +67,13 @@ def read_blocks(
     keep_sequences: bool = False,
     progress: Callable[[int, int], None] | None = None,
     block_bytes: int = BLOCK_BYTES,
+    nonnegative: bool = True,
 ) -> Iterator[Block]:
     """Yield parsed blocks of the file; raise `DreamFormatError` at the first bad line.
 
     `require_expression=False` accepts test files whose lines carry only a sequence
     (a second column, if present, is parsed when numeric and otherwise ignored).
+    `nonnegative=False` accepts negative expression (the measured test values are log-scale).
     """
     path = Path(path)
     stream, consumed = _open(path)
@@ -91,7 +93,7 @@ def read_blocks(
                 elif data and not data.endswith(b"\n"):
                     data += b"\n"
                 if data:
-                    block, blank = _parse(path, data, lines_done, require_expression, keep_sequences)
+                    block, blank = _parse(path, data, lines_done, require_expression, keep_sequences, nonnegative)
                     if block is not None:
                         if pending_blank is not None:
                             raise DreamFormatError(path, "empty line in the middle of the file", pending_blank)
@@ -110,7 +112,7 @@ def read_blocks(
         raise DreamFormatError(path, "file is empty; expected SEQUENCE<TAB>EXPRESSION lines")
 
 
-def _parse(path, data: bytes, lines_before: int, require_expression: bool, keep_sequences: bool):
+def _parse(path, data: bytes, lines_before: int, require_expression: bool, keep_sequences: bool, nonnegative: bool):
     """Parse whole lines in `data`; returns (Block or None, line number of trailing blank lines or None)."""
     buf = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(buf == NEWLINE)
@@ -171,14 +173,14 @@ def _parse(path, data: bytes, lines_before: int, require_expression: bool, keep_
 
     expression = None
     if has_value.any():
-        expression = _parse_expression(buf, sequence_ends + 1, ends, has_value, fail, require_expression)
+        expression = _parse_expression(buf, sequence_ends + 1, ends, has_value, fail, require_expression, nonnegative)
     sequences = None
     if keep_sequences:
         sequences = [data[s:e].decode("ascii") for s, e in zip(starts.tolist(), sequence_ends.tolist())]
     return Block(lines_before, codes, lengths, expression, sequences), trailing_blank
 
 
-def _parse_expression(buf, field_starts, field_ends, has_value, fail, strict: bool) -> np.ndarray:
+def _parse_expression(buf, field_starts, field_ends, has_value, fail, strict: bool, nonnegative: bool) -> np.ndarray:
     """Vectorised float parsing of the second column; NaN where a line has none."""
     rows = np.flatnonzero(has_value)
     field_starts, field_ends = field_starts[rows], field_ends[rows]
@@ -204,7 +206,7 @@ def _parse_expression(buf, field_starts, field_ends, has_value, fail, strict: bo
     if strict:
         if not np.isfinite(parsed).all():
             fail(int(rows[np.argmax(~np.isfinite(parsed))]), "expression is not a finite number")
-        if (parsed < 0).any():
+        if nonnegative and (parsed < 0).any():
             fail(int(rows[np.argmax(parsed < 0)]), "expression is negative (the Poisson loss needs values >= 0)")
     values[rows] = parsed
     return values

@@ -21,7 +21,13 @@ def cache_dir() -> Path:
 
 
 def _progress_bar(label: str):
+    last = None
+
     def report(done: int, total: int) -> None:
+        nonlocal last
+        if (done, total) == last:
+            return  # readers report the end of a file again after its last block
+        last = (done, total)
         width = 30
         filled = int(width * done / total) if total else width
         sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,}")

@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from search import plots
+from search import plots, serving
 from search.trainable import BEST_MODEL_FILE, BEST_PREDICTIONS_FILE, STATE_FILE
 
 EPOCH_METRICS = (
@@ -225,7 +225,7 @@ class MlflowTrialLogger(tune.Callback):
                 title=f"best epoch {state['best_epoch']}",
             )
             client.log_artifact(run_id, scratch / "observed_vs_predicted.png", "plots")
-        log_keras_model(run_id, checkpoint_dir / BEST_MODEL_FILE)
+        serving.log_sequence_model(run_id, checkpoint_dir / BEST_MODEL_FILE)
 
 
 def log_keras_model(run_id: str, model_path: Path) -> None:

@@ -98,10 +98,11 @@ def test_baseline_trial_logs_epochs_artifacts_and_a_loadable_model(tmp_path, tin
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     pyfunc = mlflow.pyfunc.load_model(logged.model_uri)
-    from data_prep.encoding import one_hot, window
+    from data_prep.encoding import decode
 
-    inputs = one_hot(window(data.codes, data.eval_index[:50], 0))
-    predicted = np.asarray(pyfunc.predict(inputs)).reshape(-1)
+    # The logged model serves sequences; the stored codes decode back to them.
+    sequences = [decode(codes) for codes in data.codes[data.eval_index[:50]]]
+    predicted = np.asarray(pyfunc.predict(pd.DataFrame({"sequence": sequences}))).reshape(-1)
     np.testing.assert_allclose(predicted, table["predicted"][:50], rtol=1e-4, atol=1e-5)
 
 

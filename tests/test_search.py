@@ -96,10 +96,11 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
     assert summary["registered"] == f"models:/tests-best/{version.version}"
     import mlflow
     import numpy as np
+    import pandas as pd
 
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pyfunc.load_model(summary["registered"])
-    assert np.asarray(model.predict(np.zeros((3, 85, 4), np.float32))).shape[0] == 3
+    assert np.asarray(model.predict(pd.DataFrame({"sequence": ["ACGT" * 28] * 3}))).shape == (3,)
 
 
 def test_bad_space_files_are_rejected_with_what_to_change(tmp_path):

@@ -1,0 +1,107 @@
+"""The challenge's test files in, its submission files out.
+
+A test file is read with the training reader (`read_blocks`), so predictions see
+exactly the training-time codes. The two submission formats are the final
+phase's TSV (`sequence<TAB>prediction`, one line per test sequence in input
+order, the sequence echoed as given) and the leaderboard phase's JSON object
+mapping the 0-based test line index, as a string, to the prediction. Outputs are
+written to a temporary file renamed into place, so a failure leaves nothing
+behind and never a half-written submission.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from data_prep.dream_format import read_blocks
+
+FORMATS = ("tsv", "json")
+
+
+@dataclass
+class SequenceFile:
+    """A test file's sequences as given, their 110-wide codes and (when read with it) measured expression."""
+
+    sequences: list[str]
+    codes: np.ndarray  # (n, SEQUENCE_WIDTH) uint8
+    expression: np.ndarray | None  # (n,) float32
+
+
+def read_test_sequences(
+    path, with_expression: bool = False, progress: Callable[[int, int], None] | None = None
+) -> SequenceFile:
+    """Every line of a DREAM test file.
+
+    `with_expression` requires a measured value on each line; negatives are allowed
+    (the measured test expression is log-scale).
+    """
+    sequences, codes, expression = [], [], []
+    for block in read_blocks(
+        path, require_expression=with_expression, keep_sequences=True, progress=progress, nonnegative=False
+    ):
+        sequences.extend(block.sequences)
+        codes.append(block.codes)
+        expression.append(block.expression)
+    return SequenceFile(
+        sequences, np.concatenate(codes), np.concatenate(expression) if with_expression else None
+    )
+
+
+def format_prediction(value) -> str:
+    """The shortest decimal that reads back as the same float32."""
+    return np.format_float_positional(np.float32(value), unique=True, trim="-")
+
+
+def write_submission(path, sequences: list[str], predictions: np.ndarray, format: str = "tsv") -> Path:
+    """Write the TSV or JSON submission atomically; non-finite predictions are refused."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}; got {format!r}")
+    predictions = np.asarray(predictions, dtype=np.float32).reshape(-1)
+    if len(predictions) != len(sequences):
+        raise ValueError(f"{len(sequences):,} sequences but {len(predictions):,} predictions")
+    bad = ~np.isfinite(predictions)
+    if bad.any():
+        raise ValueError(
+            f"the model predicted a non-finite value for {int(bad.sum()):,} sequences "
+            f"(first: line {int(np.argmax(bad)) + 1:,}); no submission written"
+        )
+    values = [format_prediction(p) for p in predictions]
+    if format == "tsv":
+        text = "".join(f"{sequence}\t{value}\n" for sequence, value in zip(sequences, values))
+    else:
+        text = "{" + ", ".join(f'"{index}": {value}' for index, value in enumerate(values)) + "}\n"
+    return write_atomically(path, text)
+
+
+def write_atomically(path, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    path = check_output_path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_output_path(path) -> Path:
+    """Refuse an output path that cannot be written, before any long work is done for it."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory; give a file name for the output")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: the folder {path.parent} does not exist")
+    return path

@@ -1,0 +1,46 @@
+"""Predict expression from 110-wide base codes, in batches, with the training-time window.
+
+Training evaluates the unshifted 85 bp window (shift 0), so prediction does too.
+Both saved forms of the model are accepted: the core model (float one-hot input,
+what trials save and serve) and the training model (uint8 codes input).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import numpy as np
+
+from data_prep.encoding import WINDOW_LENGTH, one_hot, window
+
+DEFAULT_BATCH_SIZE = 1024
+
+
+def predict_codes(
+    model: keras.Model,
+    codes: np.ndarray,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Float32 predictions `(n,)` for codes `(n, 110)`, in input order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    input_shape = tuple(model.input_shape)
+    if input_shape[1] != WINDOW_LENGTH or len(input_shape) not in (2, 3):
+        raise ValueError(
+            f"the model must take ({WINDOW_LENGTH},) base codes or ({WINDOW_LENGTH}, 4) one-hot per sequence; "
+            f"its input shape is {input_shape}"
+        )
+    takes_one_hot = len(input_shape) == 3
+    codes = np.asarray(codes)
+    predictions = np.empty(len(codes), dtype=np.float32)
+    for start in range(0, len(codes), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(codes)))
+        inputs = window(codes, rows, 0)
+        if takes_one_hot:
+            inputs = one_hot(inputs)
+        predictions[rows] = np.asarray(model.predict_on_batch(inputs), dtype=np.float32).reshape(-1)
+        if progress:
+            progress(int(rows[-1]) + 1, len(codes))
+    return predictions

@@ -1,0 +1,160 @@
+"""`dream-hpo predict` and `evaluate`: apply a trained model to a DREAM test file.
+
+A model is named the way a user finds it: an MLflow run id (a trial run, whose
+logged model is `model`), a Model Registry URI `models:/NAME/VERSION` (what a
+search registers), or a `.keras` file. Test files are read and checked before
+the model is loaded, so bad input fails in seconds, with its file and line.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+from data_prep.submission import FORMATS
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+
+Progress = Callable[[str], Callable[[int, int], None]]
+
+
+def resolve_model(spec: str) -> str:
+    """The MLflow model URI or `.keras` path named by `spec`; checked before any long work."""
+    spec = str(spec)
+    if spec.endswith(".keras"):
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"{spec}: no such model file")
+        return spec
+    if RUN_ID.fullmatch(spec):
+        from search.serving import LOGGED_MODEL_NAME
+
+        return f"runs:/{spec}/{LOGGED_MODEL_NAME}"
+    if spec.startswith(MLFLOW_SCHEMES):
+        return spec
+    raise ValueError(
+        f"--model {spec!r} is not a model: give an MLflow run id (32 hex characters), "
+        "a models:/NAME/VERSION (or runs:/ID/model) URI, or a path to a .keras file"
+    )
+
+
+def load_keras_model(model: str, tracking_uri: str | None = None):
+    """The Keras model behind a resolved `.keras` path or MLflow URI."""
+    if not model.startswith(MLFLOW_SCHEMES):
+        from model import load_model
+
+        return load_model(model)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from search.serving import load_sequence_model
+    from search.tracking import resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return load_sequence_model(model)
+    except MlflowException as error:
+        raise ValueError(f"cannot load {model} from the MLflow store {tracking_uri}: {error.message}") from None
+
+
+def output_format(out, format: str | None) -> str:
+    """The requested format, or the output's suffix (.json gives JSON, anything else TSV)."""
+    if format is None:
+        return "json" if Path(out).suffix.lower() == ".json" else "tsv"
+    if format not in FORMATS:
+        raise ValueError(f"--format must be one of {list(FORMATS)}; got {format!r}")
+    return format
+
+
+def predict_file(
+    model: str,
+    sequences,
+    out,
+    format: str | None = None,
+    tracking_uri: str | None = None,
+    batch_size: int = 1024,
+    progress: Progress | None = None,
+) -> int:
+    """Write the submission for every line of `sequences` to `out`; returns the number of predictions."""
+    from data_prep.submission import check_output_path, read_test_sequences, write_submission
+
+    format = output_format(out, format)
+    check_output_path(out)
+    model = resolve_model(model)
+    test = read_test_sequences(sequences, progress=_stage(progress, f"read {Path(sequences).name}"))
+    predictions = _predict(model, test.codes, tracking_uri, batch_size, progress)
+    write_submission(out, test.sequences, predictions, format)
+    return len(predictions)
+
+
+def evaluate_file(
+    model: str,
+    sequences,
+    subsets=None,
+    public_leaderboard=None,
+    log_to: str | None = None,
+    tracking_uri: str | None = None,
+    batch_size: int = 1024,
+    progress: Progress | None = None,
+):
+    """Challenge scores of the model on a test file with measured expression; logged to `log_to` if given."""
+    from data_prep.challenge_subsets import read_subsets
+    from data_prep.submission import read_test_sequences
+    from model.challenge_scores import challenge_scores
+
+    if public_leaderboard is not None and subsets is None:
+        raise ValueError("--public-leaderboard only filters subsets: give --subsets too")
+    model = resolve_model(model)
+    client = _run_client(log_to, tracking_uri) if log_to else None
+    reading = _stage(progress, f"read {Path(sequences).name}")
+    test = read_test_sequences(sequences, with_expression=True, progress=reading)
+    chosen = read_subsets(subsets, len(test.sequences), public_leaderboard) if subsets is not None else None
+    predictions = _predict(model, test.codes, tracking_uri, batch_size, progress)
+    scores = challenge_scores(test.expression, predictions, chosen)
+    if client is not None:
+        log_scores(client, log_to, scores)
+    return scores
+
+
+def log_scores(client, run_id: str, scores) -> None:
+    """The scores as metrics (finite ones; NaN marks an undefined correlation) and the table as an artifact."""
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    from model.challenge_scores import format_table
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in scores.metrics().items() if math.isfinite(v)]
+    client.log_batch(run_id, metrics=metrics)
+    client.log_text(run_id, format_table(scores) + "\n", "evaluation/challenge_scores.txt")
+
+
+def _run_client(run_id: str, tracking_uri: str | None):
+    """A client for the store holding `run_id`; refuses a missing run before any work is done."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise ValueError(f"--log-to {run_id}: no such run in the MLflow store {tracking_uri}") from None
+    return client
+
+
+def _predict(model: str, codes, tracking_uri: str | None, batch_size: int, progress: Progress | None):
+    from model.inference import predict_codes
+
+    keras_model = load_keras_model(model, tracking_uri)
+    return predict_codes(keras_model, codes, batch_size, _stage(progress, "predict"))
+
+
+def _stage(progress: Progress | None, label: str):
+    return progress(label) if progress else None

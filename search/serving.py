@@ -1,0 +1,107 @@
+"""The served model: an MLflow pyfunc that takes DNA sequences and returns expression.
+
+A trial's best Keras model is logged wrapped in `SequenceModel`, so the model
+the search registers loads with `mlflow.pyfunc.load_model` and `mlflow models
+serve` answers `{"dataframe_split": {"columns": ["sequence"], "data": [...]}}`
+with one prediction per sequence. The wrapper applies the training-time
+encoding (110-wide codes, N and padding as zero rows, the unshifted 85 bp
+window), so callers never one-hot anything. The .keras file travels as the
+model's artifact; the code comes from the installed dream-hpo package, so serve
+with `--env-manager local` in its environment.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+KERAS_ARTIFACT = "keras_model"
+LOGGED_MODEL_NAME = "model"
+SEQUENCE_COLUMN = "sequence"
+# Two sequences in the challenge layout (constant flanks around a random middle), one shorter with an N.
+INPUT_EXAMPLE = pd.DataFrame(
+    {
+        SEQUENCE_COLUMN: [
+            "TGCATTTTTTTCACATCACGTTACCCGGATATAAAGCTAGCATCGATCGGATCCTTACCCG"
+            "TTTTTTTTTATGCATGCAACGTTAGCATGCATGCATGGTTACGGCTGTT",
+            "TGCATTTTTTTCACATCGGCATTAGCCGCCGATTGCAGTNACGATCGATCGGGCTAGCGGTTACGGCTGTT",
+        ]
+    }
+)
+REQUIREMENTS = ("mlflow", "tensorflow", "keras", "numpy", "pandas")
+
+
+class SequenceModel(mlflow.pyfunc.PythonModel):
+    """DataFrame with a `sequence` column in, float32 predictions `(n,)` out, in input order."""
+
+    def load_context(self, context):
+        from model import load_model
+
+        self.keras_model = load_model(context.artifacts[KERAS_ARTIFACT])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        from data_prep.encoding import encode_sequences
+        from model.inference import predict_codes
+
+        return predict_codes(self.keras_model, encode_sequences(sequence_column(model_input)))
+
+
+def sequence_column(model_input) -> list[str]:
+    """The non-empty strings of the `sequence` column; anything else is refused with its row."""
+    if not isinstance(model_input, pd.DataFrame) or SEQUENCE_COLUMN not in model_input.columns:
+        found = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
+        raise ValueError(f"expected a DataFrame with a '{SEQUENCE_COLUMN}' column; got {found}")
+    sequences = model_input[SEQUENCE_COLUMN].tolist()
+    for row, sequence in enumerate(sequences):
+        if not isinstance(sequence, str) or not sequence:
+            raise ValueError(f"sequence {row + 1} is {sequence!r}; every row needs a non-empty DNA sequence")
+    return sequences
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", SEQUENCE_COLUMN)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]),
+    )
+
+
+def log_sequence_model(run_id: str, keras_path: Path, name: str = LOGGED_MODEL_NAME):
+    """Log the .keras model at `keras_path` to the run as a sequence-serving pyfunc; returns MLflow's ModelInfo.
+
+    Requirements are pinned to this environment's versions instead of inferred,
+    which would load the model once more in a subprocess for every trial.
+    """
+    requirements = [f"{package}=={metadata.version(package)}" for package in REQUIREMENTS]
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=SequenceModel(),
+            artifacts={KERAS_ARTIFACT: str(keras_path)},
+            signature=signature(),
+            input_example=INPUT_EXAMPLE,
+            pip_requirements=requirements,
+        )
+
+
+def load_sequence_model(model_uri: str):
+    """The Keras model inside a logged `SequenceModel` (`runs:/ID/model`, `models:/NAME/VERSION`, ...)."""
+    from mlflow.exceptions import MlflowException
+
+    loaded = mlflow.pyfunc.load_model(model_uri)
+    try:
+        python_model = loaded.unwrap_python_model()
+    except MlflowException:
+        python_model = None
+    if not isinstance(python_model, SequenceModel):
+        raise ValueError(
+            f"{model_uri} is not a dream-hpo sequence model (one logged by search.serving.log_sequence_model); "
+            f"its pyfunc loader is {loaded.metadata.flavors['python_function'].get('loader_module')}"
+        )
+    return python_model.keras_model

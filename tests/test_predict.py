@@ -1,0 +1,452 @@
+"""Predict and evaluate: submission files, challenge scores, and the served pyfunc.
+
+The expected values here are computed without dream-hpo's own encoding or
+metrics: one-hot by hand from the sequence strings, correlations with SciPy
+(what the organisers' evaluation used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from data_prep.challenge_subsets import read_subsets
+from data_prep.dream_format import DreamFormatError
+from data_prep.synth import write_synthetic
+from model import ModelConfig, build_model, save_model
+from model.challenge_scores import challenge_scores
+from search.cli import main
+
+TINY = ModelConfig(channels=48, transformer_layers=1, num_heads=8, key_size=8, tower_blocks=2)
+BASES = "ACGT"
+
+
+@pytest.fixture(scope="module")
+def keras_file(tmp_path_factory) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(3)
+    return save_model(build_model(TINY), tmp_path_factory.mktemp("model") / "tiny.keras")
+
+
+@pytest.fixture(scope="module")
+def keras_model(keras_file):
+    from model import load_model
+
+    return load_model(keras_file)
+
+
+def expected_predictions(keras_model, sequences: list[str]) -> np.ndarray:
+    """One-hot by hand: cut or N-pad to 110, keep positions 15..99, N as a zero row."""
+    one_hot = np.zeros((len(sequences), 85, 4), dtype=np.float32)
+    for row, sequence in enumerate(sequences):
+        fixed = sequence.upper()[:110].ljust(110, "N")
+        for column, base in enumerate(fixed[15:100]):
+            if base in BASES:
+                one_hot[row, column, BASES.index(base)] = 1.0
+    return np.asarray(keras_model.predict(one_hot, verbose=0)).reshape(-1)
+
+
+@pytest.fixture(scope="module")
+def sequences_file(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A test file as users bring it: mixed lengths, some N, some lowercase, some lines with no second column."""
+    root = tmp_path_factory.mktemp("test_file")
+    write_synthetic(root / "synthetic.txt", 60, seed=11)
+    lines = (root / "synthetic.txt").read_text().splitlines()
+    sequences = [line.split("\t")[0] for line in lines]
+    sequences[1] = sequences[1].lower()
+    sequences[2] = sequences[2][:40] + "NNNN" + sequences[2][44:]
+    sequences[3] = sequences[3][:70]
+    text = "".join(f"{s}\t0\n" if i % 3 else f"{s}\n" for i, s in enumerate(sequences))
+    (root / "test_sequences.txt").write_text(text)
+    return root / "test_sequences.txt", sequences
+
+
+def predict(model, sequences, out, *options) -> int:
+    """`dream-hpo predict` in this process; returns its exit code."""
+    return main(["predict", "--model", str(model), "--sequences", str(sequences), "--out", str(out), *options])
+
+
+def no_leftovers(directory: Path, keep: set[str]) -> bool:
+    return {p.name for p in directory.iterdir()} == keep
+
+
+def test_tsv_and_json_submissions_keep_input_order_and_match_the_keras_model(
+    tmp_path, keras_file, keras_model, sequences_file, capsys
+):
+    path, sequences = sequences_file
+    expected = expected_predictions(keras_model, sequences)
+
+    tsv = tmp_path / "submission.tsv"
+    assert predict(keras_file, path, tsv, "--batch-size", "16") == 0
+    assert "predict [" in capsys.readouterr().err
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()]
+    assert [r[0] for r in rows] == sequences
+    np.testing.assert_allclose([float(r[1]) for r in rows], expected, rtol=1e-5, atol=1e-6)
+
+    submission = tmp_path / "leaderboard.json"
+    assert predict(keras_file, path, submission) == 0
+    loaded = json.loads(submission.read_text())
+    assert list(loaded) == [str(i) for i in range(len(sequences))]
+    np.testing.assert_allclose(list(loaded.values()), [float(r[1]) for r in rows], rtol=1e-6)
+
+    forced = tmp_path / "also.json"
+    assert predict(keras_file, path, forced, "--format", "tsv") == 0
+    assert forced.read_text() == tsv.read_text()
+    assert no_leftovers(tmp_path, {"submission.tsv", "leaderboard.json", "also.json"})
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("ACGTACGT\nACGXACGT\nACGT\n", 2, "character 'X' at position 4 is not one of A, C, G, T, N"),
+        ("ACGTACGT\n\nACGT\n", 2, "empty line"),
+        ("ACGT\t1\tfoo\n", 1, "expected 1 or 2 columns, found 3"),
+    ],
+)
+def test_bad_input_names_file_and_line_and_leaves_the_old_output_alone(
+    tmp_path, keras_file, text, line, message, capsys
+):
+    bad = tmp_path / "bad.txt"
+    bad.write_text(text)
+    out = tmp_path / "submission.tsv"
+    out.write_text("previous submission\n")
+    code = predict(keras_file, bad, out)
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"{bad}, line {line}: {message}" in error
+    assert out.read_text() == "previous submission\n"
+    assert no_leftovers(tmp_path, {"bad.txt", "submission.tsv"})
+
+    fresh = tmp_path / "fresh.json"
+    assert predict(keras_file, bad, fresh) == 2
+    assert not fresh.exists()
+    assert no_leftovers(tmp_path, {"bad.txt", "submission.tsv"})
+
+
+def test_a_missing_model_or_unknown_model_spec_is_refused_before_reading(tmp_path, sequences_file, capsys):
+    path, _ = sequences_file
+    out = tmp_path / "out.tsv"
+    assert predict(tmp_path / "none.keras", path, out) == 2
+    assert "none.keras: no such model file" in capsys.readouterr().err
+    assert predict("best-model", path, out) == 2
+    assert "give an MLflow run id" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# --- challenge scores ---------------------------------------------------------------------------
+
+N_TEST = 48
+HIGH, LOW, YEAST, RANDOM, CHALLENGING = (
+    [0, 1, 2, 3, 4, 5, 5],  # a repeated index counts once, as in the organisers' evaluation
+    [6, 7, 8, 9, 10, 11],
+    [12, 13, 14, 15, 16, 40],
+    [17, 18, 19, 20, 21, 22, 41],
+    [23, 24, 25, 26, 27, 42],
+)
+SNVS = [(28, 29), (30, 29), (31, 32), (33, 34), (35, 34), (36, 37), (28, 29)]  # (alt, ref); one repeat
+MOTIF_PERTURBATION = [(38, 39), (43, 39), (44, 45), (46, 45)]
+MOTIF_TILING = [(47, 0), (1, 2), (3, 4), (6, 8), (9, 10)]
+PUBLIC_SINGLE = [40, 41, 42]
+PUBLIC_PAIRS = [(36, 37)]
+
+
+def write_subsets(directory: Path) -> Path:
+    """The organisers' layout: pandas-written CSVs with an unnamed index column and extra columns."""
+    directory.mkdir()
+    for name, indices in {
+        "high_exp_seqs.csv": HIGH,
+        "low_exp_seqs.csv": LOW,
+        "yeast_seqs.csv": YEAST,
+        "all_random_seqs.csv": RANDOM,
+        "challenging_seqs.csv": CHALLENGING,
+    }.items():
+        pd.DataFrame({"tag": [f"seq{i}" for i in indices], "pos": indices, "exp": ""}).to_csv(directory / name)
+    for name, pairs in {
+        "all_SNVs_seqs.csv": SNVS,
+        "motif_perturbation.csv": MOTIF_PERTURBATION,
+        "motif_tiling_seqs.csv": MOTIF_TILING,
+    }.items():
+        alt, ref = zip(*pairs)
+        pd.DataFrame({"alt_tag": "a", "ref_tag": "r", "alt_pos": alt, "ref_pos": ref}).to_csv(directory / name)
+    return directory
+
+
+def write_public(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "yeast_exp_indices.json").write_text(json.dumps({"40": 0.5}))
+    (directory / "random_exp_indices.json").write_text(json.dumps({"41": 0.1, "42": 0.2}))
+    (directory / "SNVs_exp_indices.json").write_text(json.dumps({"36,37": [0.1, 0.2]}))
+    return directory
+
+
+def reference_scores(measured, predicted, public: bool) -> dict[str, tuple[float, float]]:
+    """Each subset's (Pearson r, Spearman rho) with SciPy, from the lists above."""
+    excluded = set(PUBLIC_SINGLE) | {i for pair in PUBLIC_PAIRS for i in pair} if public else set()
+    drop_pairs = set(PUBLIC_PAIRS) if public else set()
+
+    def single(indices):
+        kept = sorted(set(indices) - excluded)
+        return stats.pearsonr(measured[kept], predicted[kept])[0], stats.spearmanr(measured[kept], predicted[kept])[0]
+
+    def paired(pairs):
+        kept = sorted(set(pairs) - drop_pairs)
+        alt, ref = map(list, zip(*kept))
+        changes = measured[alt] - measured[ref], predicted[alt] - predicted[ref]
+        return stats.pearsonr(*changes)[0], stats.spearmanr(*changes)[0]
+
+    return {
+        "all": single(range(len(measured))),
+        "high": single(HIGH),
+        "low": single(LOW),
+        "yeast": single(YEAST),
+        "random": single(RANDOM),
+        "challenging": single(CHALLENGING),
+        "SNVs": paired(SNVS),
+        "motif_perturbation": paired(MOTIF_PERTURBATION),
+        "motif_tiling": paired(MOTIF_TILING),
+    }
+
+
+def weighted(reference) -> tuple[float, float]:
+    r = {name: value[0] for name, value in reference.items()}
+    rho = {name: value[1] for name, value in reference.items()}
+    pearson_score = (
+        r["all"] ** 2 + 0.3 * r["high"] ** 2 + 0.3 * r["low"] ** 2 + 0.3 * r["yeast"] ** 2 + 0.3 * r["random"] ** 2
+        + 0.5 * r["challenging"] ** 2 + 1.25 * r["SNVs"] ** 2 + 0.3 * r["motif_perturbation"] ** 2
+        + 0.4 * r["motif_tiling"] ** 2
+    ) / 4.65
+    spearman_score = (
+        rho["all"] + 0.3 * rho["high"] + 0.3 * rho["low"] + 0.3 * rho["yeast"] + 0.3 * rho["random"]
+        + 0.5 * rho["challenging"] + 1.25 * rho["SNVs"] + 0.3 * rho["motif_perturbation"] + 0.4 * rho["motif_tiling"]
+    ) / 4.65
+    return pearson_score, spearman_score
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_subset_and_weighted_scores_match_an_independent_computation(tmp_path, public):
+    rng = np.random.default_rng(4)
+    measured = rng.normal(size=N_TEST)
+    measured[[1, 2]] = measured[0]  # ties, ranked as SciPy ranks them
+    predicted = measured + rng.normal(scale=0.8, size=N_TEST)
+    subsets = read_subsets(
+        write_subsets(tmp_path / "test_subset_ids"),
+        N_TEST,
+        write_public(tmp_path / "public_leaderboard_ids") if public else None,
+    )
+    scores = challenge_scores(measured, predicted, subsets)
+    reference = reference_scores(measured, predicted, public)
+
+    got = {s.name: (s.pearson, s.spearman) for s in scores.subsets}
+    assert list(got) == list(reference)
+    for name, expected in reference.items():
+        np.testing.assert_allclose(got[name], expected, rtol=1e-10, err_msg=name)
+    sizes = {s.name: s.size for s in scores.subsets}
+    assert sizes["high"] == 6 and sizes["SNVs"] == (5 if public else 6)
+    assert sizes["all"] == (N_TEST - 5 if public else N_TEST)
+    np.testing.assert_allclose((scores.pearson_score, scores.spearman_score), weighted(reference), rtol=1e-10)
+
+
+def test_paired_subsets_score_differences_not_levels():
+    """A model right about every level but wrong about every SNV effect scores r = -1 on SNVs."""
+    from model.challenge_scores import paired_score
+
+    measured = np.array([5.0, 5.5, 2.0, 2.1, 9.0, 8.0])
+    predicted = np.array([5.5, 5.0, 2.1, 2.0, 8.8, 9.1])  # levels close, each change reversed
+    snv = paired_score("SNVs", measured, predicted, [(0, 1), (2, 3), (4, 5)])
+    assert stats.pearsonr(measured, predicted)[0] > 0.95
+    assert snv.pearson == pytest.approx(stats.pearsonr([-0.5, -0.1, 1.0], [0.5, 0.1, -0.3])[0])
+    assert snv.pearson < -0.9 and snv.spearman == pytest.approx(-1.0)
+
+
+def test_subset_files_with_errors_name_file_line_and_value(tmp_path):
+    directory = write_subsets(tmp_path / "ids")
+    (directory / "low_exp_seqs.csv").write_text(",tag,pos\n0,a,6\n1,b,x7\n")
+    with pytest.raises(DreamFormatError, match=r"low_exp_seqs.csv, line 3: pos 'x7' is not a test index"):
+        read_subsets(directory, N_TEST)
+    (directory / "low_exp_seqs.csv").write_text(",tag,pos\n0,a,6\n1,b,48\n")
+    allowed = r"line 3: pos '48' is not a test index; allowed are whole numbers 0 to 47 \(the sequences file has 48"
+    with pytest.raises(DreamFormatError, match=allowed):
+        read_subsets(directory, N_TEST)
+    (directory / "low_exp_seqs.csv").write_text(",tag,position\n0,a,6\n")
+    with pytest.raises(DreamFormatError, match=r"low_exp_seqs.csv, line 1: header lacks column 'pos'"):
+        read_subsets(directory, N_TEST)
+    (directory / "low_exp_seqs.csv").write_text(",tag,pos\n0,a,6\n\n1,b,7\n")
+    with pytest.raises(DreamFormatError, match=r"line 3: empty line in the middle"):
+        read_subsets(directory, N_TEST)
+    with pytest.raises(DreamFormatError, match=r"no subset index files"):
+        read_subsets(tmp_path, N_TEST)
+
+
+def test_evaluate_prints_the_table_and_logs_scores_to_a_run(tmp_path, keras_file, keras_model, capsys):
+    """End to end on a test file with measured (log-scale, partly negative) expression."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    write_synthetic(tmp_path / "synthetic.txt", N_TEST, seed=12)
+    sequences = [line.split("\t")[0] for line in (tmp_path / "synthetic.txt").read_text().splitlines()]
+    predicted = expected_predictions(keras_model, sequences)
+    measured = np.round(predicted - predicted.mean() + np.random.default_rng(5).normal(scale=0.05, size=N_TEST), 4)
+    assert (measured < 0).any()
+    measured_file = tmp_path / "filtered_test_data_with_MAUDE_expression.txt"
+    measured_file.write_text("".join(f"{s}\t{m}\n" for s, m in zip(sequences, measured)))
+    subsets = write_subsets(tmp_path / "test_subset_ids")
+
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.set_experiment("tests")
+    run_id = MlflowClient(tracking_uri).create_run(experiment.experiment_id).info.run_id
+    code = main(
+        [
+            "evaluate", "--model", str(keras_file), "--sequences", str(measured_file), "--subsets", str(subsets),
+            "--log-to", run_id, "--tracking-uri", tracking_uri,
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    reference = reference_scores(measured, predicted, public=False)
+    pearson_score, spearman_score = weighted(reference)
+    printed = dict(re.findall(r"^(PearsonScore|SpearmanScore) +(\S+)$", out, flags=re.M))
+    assert float(printed["PearsonScore"]) == pytest.approx(pearson_score, abs=1e-4)
+    assert float(printed["SpearmanScore"]) == pytest.approx(spearman_score, abs=1e-4)
+    assert "SNVs" in out and "6 pairs" in out
+
+    metrics = MlflowClient(tracking_uri).get_run(run_id).data.metrics
+    assert metrics["test_PearsonScore"] == pytest.approx(pearson_score, rel=1e-4)
+    assert metrics["test_SpearmanScore"] == pytest.approx(spearman_score, rel=1e-4)
+    assert metrics["test_SNVs_pearson"] == pytest.approx(reference["SNVs"][0], rel=1e-4)
+
+    assert main(["evaluate", "--model", str(keras_file), "--sequences", str(measured_file), "--log-to", "0" * 32,
+                 "--tracking-uri", tracking_uri]) == 2
+    assert f"--log-to {'0' * 32}: no such run" in capsys.readouterr().err
+
+
+# --- serving ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def wait_until_healthy(server: subprocess.Popen, url: str, log: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"mlflow models serve exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"mlflow models serve was not healthy after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
+    tmp_path, keras_file, keras_model, sequences_file
+):
+    """The trial logger's call: the logged model serves raw sequences, loaded, registered and over HTTP."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from search.report import register_best_model
+    from search.serving import log_sequence_model
+
+    _, sequences = sequences_file
+    expected = expected_predictions(keras_model, sequences)
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    experiment = mlflow.set_experiment("tests")
+    run_id = client.create_run(experiment.experiment_id).info.run_id
+    log_sequence_model(run_id, keras_file)
+    registered = register_best_model(client, run_id, "tests-served")
+    assert registered == "models:/tests-served/1"
+
+    pyfunc = mlflow.pyfunc.load_model(registered)
+    predicted = pyfunc.predict(pd.DataFrame({"sequence": sequences}))
+    np.testing.assert_allclose(np.asarray(predicted).reshape(-1), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"sequence 2 has character 'X'"):
+        pyfunc.predict(pd.DataFrame({"sequence": ["ACGT", "ACGXT"]}))
+
+    submission = tmp_path / "from_registry.tsv"
+    assert predict(registered, sequences_file[0], submission, "--tracking-uri", tracking_uri) == 0
+    from_registry = [float(line.split("\t")[1]) for line in submission.read_text().splitlines()]
+    np.testing.assert_allclose(from_registry, expected, rtol=1e-5, atol=1e-6)
+    by_run = tmp_path / "from_run.json"
+    assert predict(run_id, sequences_file[0], by_run, "--tracking-uri", tracking_uri) == 0
+    np.testing.assert_allclose(list(json.loads(by_run.read_text()).values()), expected, rtol=1e-5, atol=1e-6)
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    # The server starts `uvicorn` by name: put this interpreter's scripts first on PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, TF_CPP_MIN_LOG_LEVEL="2", PATH=path)
+    with log.open("w") as log_stream:
+        server = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "models", "serve", "-m", registered, "--env-manager", "local",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            ],
+            env=env,
+            stdout=log_stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until_healthy(server, f"http://127.0.0.1:{port}/ping", log)
+        status, body = post(
+            f"http://127.0.0.1:{port}/invocations",
+            {"dataframe_split": {"columns": ["sequence"], "data": [[s] for s in sequences]}},
+        )
+        assert status == 200, body
+        np.testing.assert_allclose(np.asarray(body["predictions"]).reshape(-1), expected, rtol=1e-5, atol=1e-6)
+
+        status, body = post(
+            f"http://127.0.0.1:{port}/invocations", {"dataframe_split": {"columns": ["sequence"], "data": [["ACGQ"]]}}
+        )
+        assert status == 400 and "character 'Q'" in json.dumps(body)
+    finally:
+        stop_server(server)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """End the server and its uvicorn child: they are alone in the session the test started."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, sig)
+        try:
+            server.wait(timeout=20)
+            return
+        except subprocess.TimeoutExpired:
+            continue
