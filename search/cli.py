@@ -82,6 +82,7 @@ def cmd_baseline(args) -> int:
     fixed.update(seed=args.seed, epochs=args.epochs or fixed.get("epochs") or defaults["epochs"])
     if args.quick or args.batch_size:
         fixed["batch_size"] = args.batch_size or defaults["batch_size"]
+    fixed.update(args.set)
     summary = run_study(
         StudyConfig(
             name=study_name(args, "baseline"),
@@ -90,6 +91,7 @@ def cmd_baseline(args) -> int:
             tracking_uri=args.tracking_uri,
             address=args.address,
             storage_path=args.storage_path,
+            shared_storage=args.shared_storage,
             gpus_per_trial=args.gpus_per_trial,
             cpus_per_trial=args.cpus_per_trial,
             resume=args.resume,
@@ -119,6 +121,7 @@ def cmd_search(args) -> int:
     fixed = {"epochs": args.max_epochs or defaults["epochs"], "seed": args.seed}
     if "batch_size" not in space and (args.quick or args.batch_size):
         fixed["batch_size"] = args.batch_size or defaults["batch_size"]
+    fixed.update(args.set)
     config = StudyConfig(
         name=study_name(args, "search"),
         data_dir=data_dir,
@@ -126,6 +129,7 @@ def cmd_search(args) -> int:
         tracking_uri=args.tracking_uri,
         address=args.address,
         storage_path=args.storage_path,
+        shared_storage=args.shared_storage,
         space=space,
         num_trials=args.num_trials,
         max_concurrent=args.max_concurrent,
@@ -211,6 +215,16 @@ def load_trial_config(path: Path) -> dict:
     return config
 
 
+def config_setting(text: str) -> tuple[str, object]:
+    """`--set KEY=VALUE`: a model or training config field, the value read as YAML (1e-3, false, adam)."""
+    import yaml
+
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="prepared data directory (default: embedded synthetic set)")
     parser.add_argument("--experiment", default="dream-hpo", help="MLflow experiment name (default: %(default)s)")
@@ -220,12 +234,17 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--address",
-        help="Ray cluster to join: 'auto' or ray://HOST:PORT (default: start a local Ray)",
+        help="Ray cluster to join: 'auto', the head's HOST:PORT or ray://HOST:PORT (default: start a local Ray)",
     )
     parser.add_argument(
         "--storage-path",
-        help="where Ray Tune keeps checkpoints and results; shared storage (NFS path or s3://) "
-        "on a multi-node cluster (default: ./ray_results)",
+        help="where Ray Tune keeps checkpoints and results; on a multi-node cluster an s3:// or gs:// "
+        "URI, or a shared mount with --shared-storage (default: ./ray_results)",
+    )
+    parser.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="the --storage-path is a file system mounted at the same path on every node (NFS, EFS, Lustre)",
     )
     parser.add_argument(
         "--gpus-per-trial",
@@ -235,6 +254,15 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the study of this --name after a crash")
+    parser.add_argument(
+        "--set",
+        type=config_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix any model or training config field for every trial, e.g. --set optimizer=adamw "
+        "--set jit_compile=false (repeatable)",
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

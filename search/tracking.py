@@ -172,6 +172,9 @@ class MlflowTrialLogger(tune.Callback):
         self.client.log_batch(run_id, metrics=metrics)
         self.logged_steps[run_id].add(step)
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_id(trial)  # the run appears, RUNNING, as soon as the trial starts
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_id(trial)
         client = self.client

@@ -64,7 +64,7 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
             grace_period=1,
             reduction_factor=2,
             seed=7,
-            fixed={"epochs": 4, "batch_size": 64, "seed": 0},
+            fixed={"epochs": 4, "batch_size": 64, "seed": 0, "jit_compile": False},
             register_as="tests-best",
         ),
         progress=lambda message: None,
@@ -78,7 +78,7 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
     assert len(children) == 6
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert all(c.info.status == "FINISHED" for c in children)
-    first = min(children, key=lambda c: c.info.start_time)
+    [first] = [c for c in children if c.data.tags["ray_trial_id"].endswith("_00000")]
     assert first.data.tags["baseline"] == "true"
     assert {k: float(first.data.params[k]) for k in BASELINE_POINT} == {k: float(v) for k, v in BASELINE_POINT.items()}
     assert sum(c.data.tags["baseline"] == "true" for c in children) == 1
@@ -162,7 +162,7 @@ def test_killed_search_resumes_with_one_mlflow_run_per_trial(tmp_path, search_da
         sys.executable, "-m", "search.cli", "search", "--data", str(search_data), "--name", "killed",
         "--experiment", "tests", "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "ray_results"),
         "--space", str(space_file), "--num-trials", "4", "--max-concurrent", "2", "--gpus-per-trial", "0",
-        "--scheduler", "none", "--max-epochs", "3", "--batch-size", "64", "--register-as", "killed-best",
+        "--scheduler", "none", "--max-epochs", "3", "--batch-size", "64", "--set", "jit_compile=false", "--register-as", "killed-best",
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True)
