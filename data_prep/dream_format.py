@@ -20,6 +20,7 @@ from data_prep.encoding import CODE_OF_BYTE, INVALID, N_CODE, SEQUENCE_WIDTH
 BLOCK_BYTES = 16 << 20
 MAX_EXPRESSION_CHARS = 32
 NEWLINE, TAB, CARRIAGE_RETURN = 10, 9, 13
+EMPTY_LINE = "empty line in the middle of the file (blank lines are allowed only at the end)"
 
 
 class DreamFormatError(ValueError):
@@ -93,10 +94,10 @@ def read_blocks(
                 elif data and not data.endswith(b"\n"):
                     data += b"\n"
                 if data:
+                    if pending_blank is not None and data.translate(None, b"\r\n"):
+                        raise DreamFormatError(path, EMPTY_LINE, pending_blank)
                     block, blank = _parse(path, data, lines_done, require_expression, keep_sequences, nonnegative)
                     if block is not None:
-                        if pending_blank is not None:
-                            raise DreamFormatError(path, "empty line in the middle of the file", pending_blank)
                         any_line = True
                         yield block
                     if blank is not None and pending_blank is None:
@@ -113,8 +114,36 @@ def read_blocks(
 
 
 def _parse(path, data: bytes, lines_before: int, require_expression: bool, keep_sequences: bool, nonnegative: bool):
-    """Parse whole lines in `data`; returns (Block or None, line number of trailing blank lines or None)."""
-    buf = np.frombuffer(data, dtype=np.uint8)
+    """Parse whole lines in `data`; returns (Block or None, line number of trailing blank lines or None).
+
+    An error names the first bad line of `data`: the checks run one kind at a time over
+    all lines, so when one fails, the lines before it are parsed again for the others.
+    """
+    try:
+        return _parse_lines(path, data, lines_before, require_expression, keep_sequences, nonnegative)
+    except DreamFormatError as error:
+        bad_index = error.line - lines_before - 1
+        if bad_index == 0:
+            raise
+        before = data[: _nth_newline(data, bad_index) + 1]
+        _, blank = _parse(path, before, lines_before, require_expression, keep_sequences, nonnegative)
+        if blank is not None:
+            raise DreamFormatError(path, EMPTY_LINE, blank) from None
+        raise
+
+
+def _nth_newline(data: bytes, count: int) -> int:
+    """Offset of the `count`-th newline (1-based) in `data`."""
+    return int(np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == NEWLINE)[count - 1])
+
+
+def _parse_lines(
+    path, data: bytes, lines_before: int, require_expression: bool, keep_sequences: bool, nonnegative: bool
+):
+    # Padding past the last line lets every line's first SEQUENCE_WIDTH bytes be one row of a
+    # strided view, so rows are copied whole instead of gathered byte by byte.
+    padded = np.frombuffer(data + bytes(SEQUENCE_WIDTH), dtype=np.uint8)
+    buf = padded[: len(data)]
     ends = np.flatnonzero(buf == NEWLINE)
     starts = np.concatenate(([0], ends[:-1] + 1))
     ends = ends - ((ends > starts) & (buf[np.maximum(ends - 1, 0)] == CARRIAGE_RETURN))
@@ -131,7 +160,7 @@ def _parse(path, data: bytes, lines_before: int, require_expression: bool, keep_
         content = np.flatnonzero(~blank)
         last = content[-1] if len(content) else -1
         if blank[: last + 1].any():
-            fail(int(np.argmax(blank)), "empty line")
+            fail(int(np.argmax(blank)), EMPTY_LINE)
         trailing_blank = lines_before + last + 2
         starts, ends = starts[: last + 1], ends[: last + 1]
         if not len(starts):
@@ -154,34 +183,44 @@ def _parse(path, data: bytes, lines_before: int, require_expression: bool, keep_
     if (lengths == 0).any():
         fail(int(np.argmax(lengths == 0)), "empty sequence")
 
-    # Validate every sequence byte, including those past the 110 that are kept.
-    coded = CODE_OF_BYTE[buf]
-    in_sequence = np.zeros(len(buf) + 1, dtype=np.int8)
-    in_sequence[starts] = 1
-    in_sequence[sequence_ends] = -1
-    bad = (np.cumsum(in_sequence[:-1], dtype=np.int8) > 0) & (coded == INVALID)
-    if bad.any():
-        position = int(np.argmax(bad))
-        index = int(np.searchsorted(starts, position, side="right") - 1)
-        character = data[position : position + 1].decode("latin-1")
-        fail(index, f"character {character!r} at position {position - starts[index] + 1} is not one of A, C, G, T, N")
-
-    width = np.minimum(lengths, SEQUENCE_WIDTH)
-    offsets = np.arange(SEQUENCE_WIDTH, dtype=np.int32)
-    gather = np.minimum(starts[:, None].astype(np.int32) + offsets, len(buf) - 1)
-    codes = np.where(offsets < width[:, None], coded[gather], np.uint8(N_CODE)).astype(np.uint8)
+    codes = CODE_OF_BYTE[np.lib.stride_tricks.sliding_window_view(padded, SEQUENCE_WIDTH)[starts]]
+    short = np.flatnonzero(lengths < SEQUENCE_WIDTH)
+    if len(short):
+        # The row of a short line runs into its tab and the next line: pad with N instead.
+        padding = np.arange(SEQUENCE_WIDTH) >= lengths[short, None]
+        codes[short] = np.where(padding, np.uint8(N_CODE), codes[short])
+    # Every sequence byte is validated, including those past the 110 that are dropped.
+    bad_lines = np.flatnonzero((codes == INVALID).any(axis=1))
+    beyond = np.flatnonzero(lengths > SEQUENCE_WIDTH)
+    if len(beyond):
+        extra = lengths[beyond] - SEQUENCE_WIDTH
+        first_extra = np.cumsum(extra) - extra
+        positions = np.repeat(starts[beyond] + SEQUENCE_WIDTH - first_extra, extra) + np.arange(extra.sum())
+        bad_beyond = np.repeat(beyond, extra)[CODE_OF_BYTE[buf[positions]] == INVALID]
+        bad_lines = np.concatenate([bad_lines, bad_beyond[:1]])
+    if len(bad_lines):
+        index = int(bad_lines.min())
+        sequence = buf[starts[index] : sequence_ends[index]]
+        column = int(np.argmax(CODE_OF_BYTE[sequence] == INVALID))
+        character = bytes(sequence[column : column + 1]).decode("latin-1")
+        fail(index, f"character {character!r} at position {column + 1} is not one of A, C, G, T, N")
 
     expression = None
     if has_value.any():
-        expression = _parse_expression(buf, sequence_ends + 1, ends, has_value, fail, require_expression, nonnegative)
+        expression = _parse_expression(
+            padded, sequence_ends + 1, ends, has_value, fail, require_expression, nonnegative
+        )
     sequences = None
     if keep_sequences:
         sequences = [data[s:e].decode("ascii") for s, e in zip(starts.tolist(), sequence_ends.tolist())]
     return Block(lines_before, codes, lengths, expression, sequences), trailing_blank
 
 
-def _parse_expression(buf, field_starts, field_ends, has_value, fail, strict: bool, nonnegative: bool) -> np.ndarray:
-    """Vectorised float parsing of the second column; NaN where a line has none."""
+def _parse_expression(padded, field_starts, field_ends, has_value, fail, strict: bool, nonnegative: bool) -> np.ndarray:
+    """Vectorised float parsing of the second column; NaN where a line has none.
+
+    `padded` is the block's bytes followed by at least MAX_EXPRESSION_CHARS more.
+    """
     rows = np.flatnonzero(has_value)
     field_starts, field_ends = field_starts[rows], field_ends[rows]
     widths = field_ends - field_starts
@@ -190,10 +229,12 @@ def _parse_expression(buf, field_starts, field_ends, has_value, fail, strict: bo
     if (widths > MAX_EXPRESSION_CHARS).any():
         fail(int(rows[np.argmax(widths > MAX_EXPRESSION_CHARS)]), "expression is not a number")
     width = int(widths.max())
-    offsets = np.arange(width)
-    gather = np.minimum(field_starts[:, None] + offsets, len(buf) - 1)
-    text = np.where(offsets < widths[:, None], buf[gather], 0).astype(np.uint8)
+    fields = np.lib.stride_tricks.sliding_window_view(padded, width)[field_starts]
+    text = np.where(np.arange(width) < widths[:, None], fields, np.uint8(0))
     strings = np.ascontiguousarray(text).view(f"S{width}").reshape(-1)
+    if strict and (np.char.str_len(strings) != widths).any():
+        # NumPy drops trailing NUL bytes from bytes strings; a field ending in one is not a number.
+        fail(int(rows[np.argmax(np.char.str_len(strings) != widths)]), "expression is not a number")
     values = np.full(len(has_value), np.nan, dtype=np.float32)
     try:
         parsed = strings.astype(np.float64)

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -43,7 +43,9 @@ def prepare(
     if out_dir.exists() and not (out_dir / MANIFEST).exists():
         raise FileExistsError(f"{out_dir} exists and is not a prepared data directory; choose another --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # Made with mkdir, not mkdtemp, so the directory gets the umask's permissions, not 0700.
+    scratch = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:12]}.tmp"
+    scratch.mkdir()
     try:
         manifest = _write_arrays(source, scratch, eval_size, split_seed, progress)
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -127,8 +129,8 @@ def _add_counts(histogram: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def _n_characters(block) -> int:
     """N characters in the kept part of the sequences, not counting the 3' padding."""
-    real = np.arange(SEQUENCE_WIDTH) < np.minimum(block.lengths, SEQUENCE_WIDTH)[:, None]
-    return int(((block.codes == N_CODE) & real).sum())
+    padding = np.maximum(SEQUENCE_WIDTH - block.lengths, 0).sum()
+    return int(np.count_nonzero(block.codes == N_CODE) - padding)
 
 
 def sha256(path: Path) -> str:
