@@ -19,7 +19,7 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from search import tracking
+from search import cluster, tracking
 from search.space import BASELINE_POINT, Parameter, baseline_point
 from search.trainable import SEARCH_METRIC, train_trial
 
@@ -34,6 +34,7 @@ class StudyConfig:
     tracking_uri: str | None = None
     address: str | None = None
     storage_path: str | None = None
+    shared_storage: bool = False
     space: dict[str, Parameter] | None = None
     num_trials: int = 1
     max_concurrent: int | None = None
@@ -79,6 +80,8 @@ def storage_path(config: StudyConfig) -> str:
 def run_study(config: StudyConfig, progress=print) -> dict:
     """Run (or resume) the study and return a summary of its trials, best first."""
     connect_ray(config.address)
+    gpus = config.gpus_per_trial if config.gpus_per_trial is not None else default_gpus_per_trial()
+    cluster.check_storage(storage_path(config), config.shared_storage, {"CPU": config.cpus_per_trial, "GPU": gpus})
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
     import mlflow
 
@@ -100,9 +103,9 @@ def run_study(config: StudyConfig, progress=print) -> dict:
         data_manifest=data_manifest,
         parent_run_id=parent_run_id,
     )
-    gpus = config.gpus_per_trial if config.gpus_per_trial is not None else default_gpus_per_trial()
     trainable = tune.with_resources(train_trial, {"cpu": config.cpus_per_trial, "gpu": gpus})
-    experiment_path = Path(storage_path(config)) / config.name
+    # A string join keeps the '//' of s3:// and gs:// storage URIs, which Path would collapse.
+    experiment_path = f"{storage_path(config).rstrip('/')}/{config.name}"
     progress(f"study '{config.name}': {config.num_trials} trial(s), {gpus:g} GPU and {config.cpus_per_trial:g} CPU each")
     if config.resume:
         if not tune.Tuner.can_restore(str(experiment_path)):
