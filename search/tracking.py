@@ -97,6 +97,11 @@ def close_open_runs(client: MlflowClient, experiment_id: str, study: str, status
             client.set_terminated(run.info.run_id, status=status)
 
 
+def trial_number(trial) -> int:
+    """Ray's 1-based creation order of a trial (its ids are random hex); the baseline is 1."""
+    return int(trial.experiment_tag.split("_", 1)[0])
+
+
 class MlflowTrialLogger(tune.Callback):
     """One MLflow run per trial, nested under the study's parent run when there is one."""
 
@@ -135,7 +140,9 @@ class MlflowTrialLogger(tune.Callback):
         if run is None:
             config = {k: v for k, v in trial.config.items() if k != "data_dir"}
             baseline = self.is_baseline(config)
+            number = trial_number(trial)
             tags.update(
+                trial_number=str(number),
                 baseline=str(baseline).lower(),
                 git_commit=git_commit(),
                 driver_host=socket.gethostname(),
@@ -144,7 +151,7 @@ class MlflowTrialLogger(tune.Callback):
             if self.parent_run_id:
                 tags["mlflow.parentRunId"] = self.parent_run_id
             run = client.create_run(
-                self.experiment_id, tags=tags, run_name="baseline" if baseline else f"trial-{trial.trial_id}"
+                self.experiment_id, tags=tags, run_name="baseline" if baseline else f"trial-{number}"
             )
             client.log_batch(
                 run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(config.items())]
@@ -229,17 +236,3 @@ class MlflowTrialLogger(tune.Callback):
             )
             client.log_artifact(run_id, scratch / "observed_vs_predicted.png", "plots")
         serving.log_sequence_model(run_id, checkpoint_dir / BEST_MODEL_FILE)
-
-
-def log_keras_model(run_id: str, model_path: Path) -> None:
-    """Log the best-epoch core model with MLflow's Keras flavour and a one-hot signature."""
-    from mlflow.models import infer_signature
-
-    from model import load_model
-
-    model = load_model(model_path)
-    example = np.zeros((2, model.input_shape[1], 4), dtype=np.float32)
-    example[:, :, 0] = 1.0
-    signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
-    with mlflow.start_run(run_id=run_id):
-        mlflow.keras.log_model(model, name="model", signature=signature)

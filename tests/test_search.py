@@ -78,8 +78,9 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
     assert len(children) == 6
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert all(c.info.status == "FINISHED" for c in children)
-    [first] = [c for c in children if c.data.tags["ray_trial_id"].endswith("_00000")]
-    assert first.data.tags["baseline"] == "true"
+    assert sorted(int(c.data.tags["trial_number"]) for c in children) == [1, 2, 3, 4, 5, 6]
+    [first] = [c for c in children if c.data.tags["trial_number"] == "1"]
+    assert first.data.tags["baseline"] == "true" and first.info.run_name == "baseline"
     assert {k: float(first.data.params[k]) for k in BASELINE_POINT} == {k: float(v) for k, v in BASELINE_POINT.items()}
     assert sum(c.data.tags["baseline"] == "true" for c in children) == 1
 
@@ -110,8 +111,8 @@ def test_bad_space_files_are_rejected_with_what_to_change(tmp_path):
         load_space(bad_range)
 
     heads = tmp_path / "heads.toml"
-    heads.write_text('[channels]\ntype = "int"\nlow = 96\nhigh = 200\nstep = 52\n')
-    with pytest.raises(SpaceError, match=r"high - low \(104\) must be a multiple of step 52"):
+    heads.write_text("[channels]\ntype = \"int\"\nlow = 96\nhigh = 200\nstep = 48\n")
+    with pytest.raises(SpaceError, match=r"high - low \(104\) must be a multiple of step 48"):
         load_space(heads)
 
     indivisible = tmp_path / "indivisible.toml"
@@ -165,13 +166,14 @@ def test_killed_search_resumes_with_one_mlflow_run_per_trial(tmp_path, search_da
         "--scheduler", "none", "--max-epochs", "3", "--batch-size", "64", "--set", "jit_compile=false", "--register-as", "killed-best",
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    MlflowClient(tracking_uri).search_experiments()  # create the store's tables before two processes race to
     driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True)
     try:
         deadline = time.time() + 300
         while True:
             assert driver.poll() is None, "the search ended before it could be killed"
             assert time.time() < deadline, "no trial finished within 5 minutes"
-            if (tmp_path / "mlflow.db").exists():
+            if MlflowClient(tracking_uri).get_experiment_by_name("tests"):
                 _, _, children = child_runs(tracking_uri, "killed")
                 if sum(c.info.status == "FINISHED" for c in children) >= 1 and len(children) >= 2:
                     break
