@@ -15,10 +15,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
