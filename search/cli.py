@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         "search",
         help="Optuna trials around the baseline on Ray Tune, each logged to MLflow",
         description="Search filter count, conv widths, transformer depth and learning rate around the "
-        "seed's 192/5/4/4 (always trial 0), with Optuna's TPE sampler and ASHA early stopping.",
+        "seed's 192/5/4/4 (always the first trial), with Optuna's TPE sampler and ASHA early stopping.",
     )
     add_cluster_arguments(search)
     search.add_argument("--space", type=Path, help="search space file (.yaml or .toml; default: the built-in space)")
