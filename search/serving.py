@@ -21,6 +21,7 @@ import pandas as pd
 
 KERAS_ARTIFACT = "keras_model"
 LOGGED_MODEL_NAME = "model"
+KERAS_FLAVOUR_NAME = "keras_model"
 SEQUENCE_COLUMN = "sequence"
 # Two sequences in the challenge layout (constant flanks around a random middle), one shorter with an N.
 INPUT_EXAMPLE = pd.DataFrame(
@@ -87,6 +88,25 @@ def log_sequence_model(run_id: str, keras_path: Path, name: str = LOGGED_MODEL_N
             signature=signature(),
             input_example=INPUT_EXAMPLE,
             pip_requirements=requirements,
+        )
+
+
+def log_keras_flavour(run_id: str, keras_path: Path, name: str = KERAS_FLAVOUR_NAME):
+    """Log the same model with MLflow's Keras flavour: one-hot `(batch, 85, 4)` float32 in, for Keras users."""
+    from mlflow.models import infer_signature
+
+    from model import load_model
+
+    keras_model = load_model(keras_path)
+    example = np.zeros((2, keras_model.input_shape[1], 4), dtype=np.float32)
+    example[:, :, 0] = 1.0
+    keras_signature = infer_signature(example, np.asarray(keras_model.predict(example, verbose=0)))
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.keras.log_model(
+            keras_model,
+            name=name,
+            signature=keras_signature,
+            pip_requirements=[f"{package}=={metadata.version(package)}" for package in REQUIREMENTS],
         )
 
 

@@ -235,3 +235,4 @@ class MlflowTrialLogger(tune.Callback):
             )
             client.log_artifact(run_id, scratch / "observed_vs_predicted.png", "plots")
         serving.log_sequence_model(run_id, checkpoint_dir / BEST_MODEL_FILE)
+        serving.log_keras_flavour(run_id, checkpoint_dir / BEST_MODEL_FILE)
