@@ -14,23 +14,19 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import DEMO
 from data_prep import PreparedData, prepare
-from data_prep.synth import write_synthetic
 
 pytestmark = pytest.mark.slow
 
 # A small but real configuration from the search ranges, so CPU tests take seconds per epoch.
 # XLA compilation costs more than it saves on these tiny CPU runs.
 TINY = {"channels": 48, "stem_width": 5, "tower_width": 4, "transformer_layers": 1, "batch_size": 64, "jit_compile": False}
-DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "dream_demo_train.txt"
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    write_synthetic(root / "synthetic.txt", 1_200, seed=3)
-    prepare(root / "synthetic.txt", root / "prepared", eval_size=300, split_seed=0)
-    return root / "prepared"
+def tiny_data(make_synthetic_data) -> Path:
+    return make_synthetic_data(1_200, seed=3, eval_size=300)
 
 
 def run_baseline(tmp_path: Path, data: Path, name: str, fixed: dict, **kwargs) -> dict:

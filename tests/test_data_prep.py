@@ -25,13 +25,13 @@ from data_prep.encoding import (
     one_hot,
     window,
 )
+from conftest import DEMO
 from data_prep.prepare import MANIFEST, PreparedData, prepare, sha256
 from data_prep.synth import MOTIFS, ensure_synthetic, expression_signal, synthesize, write_synthetic
 from search.cli import main
 
 N_LINES, SEED, EVAL_SIZE = 2_000, 3, 400
 ARRAYS = ("codes", "targets", "train_index", "eval_index")
-DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "dream_demo_train.txt"
 GOOD_LINE = b"TGCATTTTTTTCACATCACGTAGCTAGGCTAACGTTGGTTACGGCTGTT\t11.5\n"
 
 

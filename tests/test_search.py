@@ -13,8 +13,6 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from data_prep import prepare
-from data_prep.synth import write_synthetic
 from search.space import BASELINE_POINT, SpaceError, load_space, parse_space
 
 # Around the baseline but small enough for CPU tests; the baseline must lie inside.
@@ -29,11 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def search_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("search")
-    write_synthetic(root / "synthetic.txt", 900, seed=5)
-    prepare(root / "synthetic.txt", root / "prepared", eval_size=300, split_seed=0)
-    return root / "prepared"
+def search_data(make_synthetic_data) -> Path:
+    return make_synthetic_data(900, seed=5, eval_size=300)
 
 
 def child_runs(tracking_uri: str, study: str):

@@ -1,0 +1,28 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_prep import prepare, write_synthetic
+
+DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "dream_demo_train.txt"
+
+
+@pytest.fixture(scope="session")
+def make_synthetic_data(tmp_path_factory):
+    """Prepared synthetic data sets, each (n, seed, eval_size) made once per test session."""
+    made: dict[tuple, Path] = {}
+
+    def make(n: int, seed: int, eval_size: int) -> Path:
+        key = (n, seed, eval_size)
+        if key not in made:
+            root = tmp_path_factory.mktemp(f"synthetic-{n}-{seed}")
+            write_synthetic(root / "synthetic.txt", n, seed=seed)
+            prepare(root / "synthetic.txt", root / "prepared", eval_size=eval_size, split_seed=0)
+            made[key] = root / "prepared"
+        return made[key]
+
+    return make
