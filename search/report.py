@@ -101,9 +101,12 @@ def register_best_model(client, run_id: str, name: str) -> str:
     logged = mlflow.search_logged_models(
         experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
     )
-    if not logged:
-        raise RuntimeError(f"the best run {run_id} has no logged model to register")
-    version = mlflow.register_model(logged[0].model_uri, name)
+    from search.serving import LOGGED_MODEL_NAME
+
+    serving = [model for model in logged if model.name == LOGGED_MODEL_NAME]
+    if not serving:
+        raise RuntimeError(f"the best run {run_id} has no logged '{LOGGED_MODEL_NAME}' to register")
+    version = mlflow.register_model(serving[0].model_uri, name)
     return f"models:/{name}/{version.version}"
 
 
