@@ -129,7 +129,12 @@ class ModelConfig(_Config):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(_Config):
-    """Optimiser and loop knobs; defaults are the seed's recipe (SGD 0.01, momentum 0.9)."""
+    """Optimiser and loop knobs; defaults are the seed's recipe (SGD 0.01, momentum 0.9).
+
+    `mixed_precision` (mixed_bfloat16, float32 loss and output) and `jit_compile`
+    (XLA) take True, False or "auto", which `model.devices` resolves for the device
+    the trial lands on.
+    """
 
     learning_rate: float = 0.01
     momentum: float = 0.9
@@ -138,8 +143,8 @@ class TrainConfig(_Config):
     batch_size: int = 10_000
     epochs: int = 10
     seed: int = 0
-    mixed_precision: bool = False
-    jit_compile: bool = True
+    mixed_precision: bool | str = "auto"
+    jit_compile: bool | str = "auto"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -159,7 +164,9 @@ class TrainConfig(_Config):
         _check_int(name, "epochs", self.epochs)
         _check_int(name, "seed", self.seed, minimum=0)
         for field in ("mixed_precision", "jit_compile"):
-            if not isinstance(getattr(self, field), bool):
+            value = getattr(self, field)
+            # `1 == True`, so membership alone would let 1 and 0 through.
+            if not (isinstance(value, bool) or value == "auto"):
                 raise ValueError(
-                    f"{name}.{field} must be True or False; got {getattr(self, field)!r}."
+                    f"{name}.{field} must be True, False or 'auto'; got {value!r}."
                 )

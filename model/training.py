@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from model.config import TrainConfig
+from model.devices import resolve_jit_compile, resolve_mixed_precision
 from model.metrics import POISSON_EPSILON
 
 
@@ -34,7 +35,9 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
 
 
 def compile_for_training(model: keras.Model, train: TrainConfig) -> keras.Model:
-    model.compile(optimizer=make_optimizer(train), loss=poisson_loss, jit_compile=train.jit_compile)
+    """Compile with the seed's loss; training, evaluation and predict steps all get XLA or none."""
+    jit_compile = resolve_jit_compile(train.jit_compile)
+    model.compile(optimizer=make_optimizer(train), loss=poisson_loss, jit_compile=jit_compile)
     return model
 
 
@@ -43,8 +46,9 @@ def set_precision(train: TrainConfig) -> str:
 
     Keras reads the policy when layers are created, so this must run before
     build_model; float32 is restored explicitly so a previous trial's bfloat16
-    never leaks into the next one in the same process.
+    never leaks into the next one in the same process. "auto" is bfloat16 on GPUs
+    that have it (model.devices).
     """
-    policy = "mixed_bfloat16" if train.mixed_precision else "float32"
+    policy = "mixed_bfloat16" if resolve_mixed_precision(train.mixed_precision) else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy

@@ -96,6 +96,7 @@ def cmd_baseline(args) -> int:
             cpus_per_trial=args.cpus_per_trial,
             resume=args.resume,
             fixed=fixed,
+            backend=args.backend,
         )
     )
     from search.report import print_trial_table
@@ -142,6 +143,7 @@ def cmd_search(args) -> int:
         resume=args.resume,
         fixed=fixed,
         register_as=args.register_as,
+        backend=args.backend,
     )
     summary = run_study(config)
     print_trial_table(summary)
@@ -252,6 +254,12 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         help="GPUs per trial; fractions pack trials on one GPU (default: 1 when the cluster has GPUs, else 0)",
     )
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
+    parser.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax"],
+        default="tensorflow",
+        help="Keras backend the trials train on (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the study of this --name after a crash")
     parser.add_argument(

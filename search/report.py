@@ -39,6 +39,7 @@ def log_study_setup(client, run_id: str, config) -> None:
         "sampler_seed": config.seed,
         "gpus_per_trial": config.gpus_per_trial,
         "cpus_per_trial": config.cpus_per_trial,
+        "backend": config.backend,
         **{f"fixed.{k}": v for k, v in config.fixed.items()},
     }
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -94,7 +95,7 @@ def finish_parent_run(client, run_id: str, summary: dict, config) -> None:
 
 
 def register_best_model(client, run_id: str, name: str) -> str:
-    """Register the best trial's logged Keras model; returns `models:/NAME/VERSION`."""
+    """Register the best trial's sequence-serving model; returns `models:/NAME/VERSION`."""
     import mlflow
 
     experiment_id = client.get_run(run_id).info.experiment_id

@@ -23,6 +23,8 @@ from search import cluster, tracking
 from search.space import BASELINE_POINT, Parameter, baseline_point
 from search.trainable import SEARCH_METRIC, train_trial
 
+BACKENDS = ("tensorflow", "jax")
+
 
 @dataclass(frozen=True)
 class StudyConfig:
@@ -48,8 +50,11 @@ class StudyConfig:
     fixed: dict = field(default_factory=dict)
     max_failures: int = 2
     register_as: str | None = None
+    backend: str = "tensorflow"
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
         if self.num_trials < 1:
             raise ValueError(f"num_trials must be >= 1, got {self.num_trials}")
         if self.scheduler not in {"asha", "none"}:
@@ -58,14 +63,32 @@ class StudyConfig:
             raise ValueError("a study without a search space runs exactly one trial (the baseline)")
 
 
-def connect_ray(address: str | None) -> None:
-    """A local Ray on this machine by default; `auto` or `ray://...` joins a cluster."""
+def connect_ray(address: str | None, backend: str = "tensorflow") -> None:
+    """A local Ray on this machine by default; `auto` or `ray://...` joins a cluster.
+
+    Trials run Keras on `backend`: Ray starts every worker with KERAS_BACKEND set,
+    and the driver (which loads the best model for MLflow) uses it too unless it
+    has imported Keras already.
+    """
+    os.environ["KERAS_BACKEND"] = backend
     if ray.is_initialized():
+        running = (ray.get_runtime_context().runtime_env.get("env_vars") or {}).get("KERAS_BACKEND", "tensorflow")
+        if running != backend:
+            raise ValueError(
+                f"Ray is already connected with KERAS_BACKEND={running}; a {backend} study needs "
+                "a new process (or ray.shutdown() first)"
+            )
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Ray workers must import this project whether it is installed or run from a checkout.
-    runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}}
-    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=True)
+    env_vars = {
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        # Ray workers must import this project whether it is installed or run from a checkout.
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "KERAS_BACKEND": backend,
+        # JAX takes 75% of a GPU at start unless told not to; packed trials share the card.
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+    }
+    ray.init(address=address, runtime_env={"env_vars": env_vars}, include_dashboard=False, log_to_driver=True)
 
 
 def default_gpus_per_trial() -> float:
@@ -79,7 +102,7 @@ def storage_path(config: StudyConfig) -> str:
 
 def run_study(config: StudyConfig, progress=print) -> dict:
     """Run (or resume) the study and return a summary of its trials, best first."""
-    connect_ray(config.address)
+    connect_ray(config.address, config.backend)
     gpus = config.gpus_per_trial if config.gpus_per_trial is not None else default_gpus_per_trial()
     cluster.check_storage(storage_path(config), config.shared_storage, {"CPU": config.cpus_per_trial, "GPU": gpus})
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)

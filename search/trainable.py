@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -44,29 +43,6 @@ def split_trial_config(config: dict):
     model_config = ModelConfig.from_dict({k: v for k, v in config.items() if k in model_fields})
     train_config = TrainConfig.from_dict({k: v for k, v in config.items() if k in train_fields})
     return model_config, train_config, Path(config["data_dir"])
-
-
-def allow_gpu_memory_growth() -> None:
-    """Packed trials (fractional GPUs) must not each grab the whole card."""
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        return
-    import tensorflow as tf
-
-    for gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(gpu, True)
-
-
-def describe_hardware() -> str:
-    """What this trial trains on, for the MLflow run."""
-    import platform
-
-    gpus = []
-    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
-        import tensorflow as tf
-
-        gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in tf.config.list_physical_devices("GPU")]
-    cpu = f"{platform.machine()} x{os.cpu_count()} CPUs"
-    return f"{', '.join(gpus)} + {cpu}" if gpus else cpu
 
 
 def _seed_generator_variables(model):
@@ -109,7 +85,10 @@ class TrialState:
 
 def train_trial(config: dict) -> None:
     """Train one configuration, reporting and checkpointing every epoch."""
-    allow_gpu_memory_growth()
+    from model import devices
+
+    # Before the first model: packed trials (fractional GPUs) must not each grab the whole card.
+    devices.allow_gpu_memory_growth()
     import keras
 
     from data_prep import PreparedData
@@ -119,7 +98,7 @@ def train_trial(config: dict) -> None:
 
     model_config, train_config, data_dir = split_trial_config(config)
     data = PreparedData.load(data_dir)
-    set_precision(train_config)
+    policy = set_precision(train_config)
     keras.utils.set_random_seed(train_config.seed)
     training_model = build_training_model(model_config)
     compile_for_training(training_model, train_config)
@@ -152,7 +131,9 @@ def train_trial(config: dict) -> None:
     for epoch in range(state.epochs_done, train_config.epochs):
         train_batches.set_epoch(epoch)
         started = time.perf_counter()
-        fit = training_model.fit(train_batches, epochs=1, verbose=0)
+        # The batches are already shuffled by (seed, epoch); Keras' own shuffle would reorder
+        # them with Python's global random state, which a resumed trial cannot replay.
+        fit = training_model.fit(train_batches, epochs=1, verbose=0, shuffle=False)
         epoch_seconds = time.perf_counter() - started
         train_loss = float(fit.history["loss"][-1])
         if not math.isfinite(train_loss):
@@ -174,7 +155,7 @@ def train_trial(config: dict) -> None:
             epoch_seconds=epoch_seconds,
             samples_per_second=len(data.train_index) / epoch_seconds,
             diverged=0,
-            hardware=describe_hardware(),
+            hardware=f"{devices.describe()}, {policy}, XLA {'on' if training_model.jit_compile else 'off'}",
         )
         state.history.append(metrics)
         state.epochs_done = epoch + 1

@@ -273,7 +273,8 @@ def test_invalid_model_configs_say_what_to_change(kwargs, message):
         ({"learning_rate": 0}, r"learning_rate must be > 0; got 0"),
         ({"momentum": 1.5}, r"momentum must be in \[0, 1\); got 1\.5"),
         ({"batch_size": 0}, r"batch_size must be an integer >= 1; got 0"),
-        ({"mixed_precision": "yes"}, r"mixed_precision must be True or False; got 'yes'"),
+        ({"mixed_precision": "yes"}, r"mixed_precision must be True, False or 'auto'; got 'yes'"),
+        ({"jit_compile": 1}, r"jit_compile must be True, False or 'auto'; got 1"),
     ],
 )
 def test_invalid_train_configs_say_what_to_change(kwargs, message):

@@ -1,0 +1,123 @@
+"""What this process trains on under the current Keras backend, and the per-device choices that follow.
+
+XLA (`jit_compile`) and bfloat16 pay off on GPUs but not on CPUs (the README's
+Performance section has the figures), so `TrainConfig`'s "auto" settings resolve
+here. TensorFlow and JAX describe their devices differently; nothing outside this
+module needs to know how.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+from typing import NamedTuple
+
+import keras
+
+AUTO = "auto"
+# bfloat16 tensor cores arrived with Ampere (compute capability 8.0).
+BFLOAT16_COMPUTE_CAPABILITY = (8, 0)
+
+
+class Gpu(NamedTuple):
+    name: str
+    compute_capability: tuple[int, int] | None
+
+
+def _capability(value) -> tuple[int, int] | None:
+    """TensorFlow gives (9, 0), JAX gives '9.0'; None when the backend does not say."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(".")
+    try:
+        major, minor = (int(part) for part in tuple(value)[:2])
+    except (TypeError, ValueError):
+        return None
+    return major, minor
+
+
+@functools.cache
+def gpus() -> tuple[Gpu, ...]:
+    """The GPUs the current backend can use (cached: a process runs one backend)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        found = []
+        for device in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(device)
+            found.append(Gpu(details.get("device_name", device.name), _capability(details.get("compute_capability"))))
+        return tuple(found)
+    if backend == "jax":
+        import jax
+
+        return tuple(
+            Gpu(device.device_kind, _capability(getattr(device, "compute_capability", None)))
+            for device in jax.devices()
+            if device.platform == "gpu"
+        )
+    return ()
+
+
+def resolve_jit_compile(setting: bool | str) -> bool:
+    """`True`/`False` as given; "auto" is XLA on GPUs and off on CPUs, except under JAX.
+
+    On CPU the TensorFlow graph runs faster than its XLA build, and the 20-40 s
+    compile never pays off. JAX has no graph mode: without jit it runs op by op,
+    so "auto" always compiles there.
+    """
+    if setting != AUTO:
+        return bool(setting)
+    if keras.backend.backend() == "jax":
+        return True
+    return bool(gpus())
+
+
+def resolve_mixed_precision(setting: bool | str) -> bool:
+    """`True`/`False` as given; "auto" is bfloat16 where every visible GPU has bfloat16 units."""
+    if setting != AUTO:
+        return bool(setting)
+    found = gpus()
+    return bool(found) and all(
+        gpu.compute_capability is not None and gpu.compute_capability >= BFLOAT16_COMPUTE_CAPABILITY for gpu in found
+    )
+
+
+def allow_gpu_memory_growth() -> None:
+    """Packed trials (fractional GPUs) must not each grab the whole card.
+
+    Call it before the first model is built. TensorFlow is told per device; JAX
+    reads XLA_PYTHON_CLIENT_PREALLOCATE when it starts, so for Ray workers the
+    study sets it in their environment, and here it only helps a process whose
+    JAX has not started yet.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    elif keras.backend.backend() == "jax":
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe() -> str:
+    """e.g. 'jax on NVIDIA H100 80GB HBM3 x1 + Intel(R) Xeon(R) Processor x16 CPUs'."""
+    cpu = f"{cpu_name()} x{os.cpu_count()} CPUs"
+    names = [gpu.name for gpu in gpus()]
+    if names:
+        cpu = f"{names[0]} x{len(names)} + {cpu}"
+    return f"{keras.backend.backend()} on {cpu}"
