@@ -1,6 +1,6 @@
 """The mini-Enformer in Keras 3: configs, layers, model, training pieces, metrics, saving."""
 
-from model.config import ModelConfig, TrainConfig
+from model.config import ModelConfig, TrainConfig, split_config
 from model.layers import BaseOneHot, RelativeMultiHeadAttention
 from model.metrics import mse, pearson, poisson, spearman
 from model.mini_enformer import build_model, build_training_model, core_model
@@ -25,5 +25,6 @@ __all__ = [
     "poisson_loss",
     "save_model",
     "set_precision",
+    "split_config",
     "spearman",
 ]

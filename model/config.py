@@ -170,3 +170,22 @@ class TrainConfig(_Config):
                 raise ValueError(
                     f"{name}.{field} must be True, False or 'auto'; got {value!r}."
                 )
+
+
+def split_config(flat: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """Split one flat mapping (a trial's config, a set of overrides) between the two configs.
+
+    Trials, search spaces and `--set` all speak in flat field names; unknown keys
+    raise rather than being dropped.
+    """
+    model_fields, train_fields = set(ModelConfig.fields()), set(TrainConfig.fields())
+    unknown = set(flat) - model_fields - train_fields
+    if unknown:
+        raise ValueError(
+            f"unknown config keys {sorted(unknown)}; allowed: model fields "
+            f"{sorted(model_fields)} and train fields {sorted(train_fields)}"
+        )
+    return (
+        ModelConfig.from_dict({k: v for k, v in flat.items() if k in model_fields}),
+        TrainConfig.from_dict({k: v for k, v in flat.items() if k in train_fields}),
+    )

@@ -73,8 +73,37 @@ def resolve_data(args, defaults: dict) -> Path:
     return ensure_synthetic(cache_dir(), defaults["n"], seed=0, eval_size=defaults["eval_size"])
 
 
+def study_config(args, kind: str, data_dir: Path, fixed: dict, **search_fields):
+    """The StudyConfig of a baseline or search command: the options they share plus the search's own."""
+    from search.study import StudyConfig
+
+    return StudyConfig(
+        name=study_name(args, kind),
+        data_dir=data_dir,
+        experiment=args.experiment,
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        storage_path=args.storage_path,
+        shared_storage=args.shared_storage,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        seed=args.seed,
+        resume=args.resume,
+        fixed={**fixed, **dict(args.set)},
+        backend=args.backend,
+        **search_fields,
+    )
+
+
+def print_ui_hint(args) -> None:
+    from search.tracking import resolve_tracking_uri, ui_command
+
+    print(f"\nbrowse the results: {ui_command(resolve_tracking_uri(args.tracking_uri))}")
+
+
 def cmd_baseline(args) -> int:
-    from search.study import StudyConfig, run_study
+    from search.report import print_trial_table
+    from search.study import run_study
 
     defaults = QUICK if args.quick else EMBEDDED
     data_dir = resolve_data(args, defaults)
@@ -82,29 +111,9 @@ def cmd_baseline(args) -> int:
     fixed.update(seed=args.seed, epochs=args.epochs or fixed.get("epochs") or defaults["epochs"])
     if args.quick or args.batch_size:
         fixed["batch_size"] = args.batch_size or defaults["batch_size"]
-    fixed.update(args.set)
-    summary = run_study(
-        StudyConfig(
-            name=study_name(args, "baseline"),
-            data_dir=data_dir,
-            experiment=args.experiment,
-            tracking_uri=args.tracking_uri,
-            address=args.address,
-            storage_path=args.storage_path,
-            shared_storage=args.shared_storage,
-            gpus_per_trial=args.gpus_per_trial,
-            cpus_per_trial=args.cpus_per_trial,
-            resume=args.resume,
-            fixed=fixed,
-            backend=args.backend,
-        )
-    )
-    from search.report import print_trial_table
-
+    summary = run_study(study_config(args, "baseline", data_dir, fixed))
     print_trial_table(summary)
-    from search.tracking import resolve_tracking_uri, ui_command
-
-    print(f"\nbrowse the results: {ui_command(resolve_tracking_uri(args.tracking_uri))}")
+    print_ui_hint(args)
     return 0 if summary["trials"] and summary["trials"][0]["status"] == "done" else 1
 
 
@@ -113,8 +122,7 @@ def cmd_search(args) -> int:
 
     from search.report import print_trial_table
     from search.space import load_space
-    from search.study import StudyConfig, run_study
-    from search.tracking import resolve_tracking_uri, ui_command
+    from search.study import run_study
 
     space = load_space(args.space)
     defaults = QUICK if args.quick else EMBEDDED
@@ -122,28 +130,18 @@ def cmd_search(args) -> int:
     fixed = {"epochs": args.max_epochs or defaults["epochs"], "seed": args.seed}
     if "batch_size" not in space and (args.quick or args.batch_size):
         fixed["batch_size"] = args.batch_size or defaults["batch_size"]
-    fixed.update(args.set)
-    config = StudyConfig(
-        name=study_name(args, "search"),
-        data_dir=data_dir,
-        experiment=args.experiment,
-        tracking_uri=args.tracking_uri,
-        address=args.address,
-        storage_path=args.storage_path,
-        shared_storage=args.shared_storage,
+    config = study_config(
+        args,
+        "search",
+        data_dir,
+        fixed,
         space=space,
         num_trials=args.num_trials,
         max_concurrent=args.max_concurrent,
-        gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial,
         scheduler=args.scheduler,
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
-        seed=args.seed,
-        resume=args.resume,
-        fixed=fixed,
         register_as=args.register_as,
-        backend=args.backend,
     )
     summary = run_study(config)
     print_trial_table(summary)
@@ -154,7 +152,7 @@ def cmd_search(args) -> int:
         print(f"\nbest config written to {out}; retrain it with: dream-hpo baseline --config {out}")
     if summary.get("registered"):
         print(f"best model registered as {summary['registered']}")
-    print(f"browse the results: {ui_command(resolve_tracking_uri(args.tracking_uri))}")
+    print_ui_hint(args)
     return 0 if best else 1
 
 

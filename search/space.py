@@ -125,7 +125,7 @@ def _parameter(name: str, spec, source: str) -> Parameter:
 
 def parse_space(raw: dict, source: str = "search space") -> dict[str, Parameter]:
     """Validate a raw space mapping against the config fields and their constraints."""
-    from model import ModelConfig, TrainConfig
+    from model import ModelConfig, TrainConfig, split_config
 
     if not isinstance(raw, dict) or not raw:
         raise SpaceError(f"{source}: expected a non-empty mapping of parameter name to distribution")
@@ -141,8 +141,7 @@ def parse_space(raw: dict, source: str = "search space") -> dict[str, Parameter]
         for value in parameter.values_to_check():
             point = dict(BASELINE_POINT, **{parameter.name: value})
             try:
-                ModelConfig.from_dict({k: v for k, v in point.items() if k in ModelConfig.fields()})
-                TrainConfig.from_dict({k: v for k, v in point.items() if k in TrainConfig.fields()})
+                split_config(point)
             except (ValueError, TypeError) as error:
                 raise SpaceError(
                     f"{source}: parameter '{parameter.name}' allows {value!r}, which makes an invalid config: {error}"

@@ -29,19 +29,11 @@ SEARCH_METRIC = "eval_pearson"
 
 def split_trial_config(config: dict):
     """Turn a flat trial config into (ModelConfig, TrainConfig, data_dir)."""
-    from model import ModelConfig, TrainConfig
+    from model import split_config
 
     # Ray's samplers may hand back NumPy scalars; the configs validate plain Python types.
     config = {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}
-    model_fields, train_fields = set(ModelConfig.fields()), set(TrainConfig.fields())
-    unknown = set(config) - model_fields - train_fields - {"data_dir"}
-    if unknown:
-        raise ValueError(
-            f"unknown trial config keys {sorted(unknown)}; allowed: model fields "
-            f"{sorted(model_fields)}, train fields {sorted(train_fields)} and data_dir"
-        )
-    model_config = ModelConfig.from_dict({k: v for k, v in config.items() if k in model_fields})
-    train_config = TrainConfig.from_dict({k: v for k, v in config.items() if k in train_fields})
+    model_config, train_config = split_config({k: v for k, v in config.items() if k != "data_dir"})
     return model_config, train_config, Path(config["data_dir"])
 
 

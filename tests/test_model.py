@@ -294,6 +294,14 @@ def test_configs_round_trip_and_reject_unknown_keys():
         config.channels = 48
 
 
+def test_split_config_sends_each_flat_key_to_its_config():
+    model_config, train_config = model.split_config({"channels": 96, "learning_rate": 0.1, "optimizer": "adam"})
+    assert model_config == ModelConfig(channels=96)
+    assert train_config == TrainConfig(learning_rate=0.1, optimizer="adam")
+    with pytest.raises(ValueError, match=r"unknown config keys \['chanels'\]; allowed: model fields \[.*'channels'"):
+        model.split_config({"chanels": 96})
+
+
 # ---- precision and backends -------------------------------------------------
 
 

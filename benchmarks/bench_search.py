@@ -1,0 +1,159 @@
+"""The same number of trials with ASHA early stopping and without: compute spent and best eval Pearson.
+
+Both studies search the same small space with the same Optuna seed on the same
+synthetic set (made once under benchmarks/out/), through `search.study.run_study`, so
+each is exactly what `dream-hpo search` would run. Device-hours are GPU-hours when the
+trials hold GPUs and CPU-hours otherwise (a trial's time times its GPUs or CPUs), as the
+search summary reports them. The issue's target: ASHA's best within 0.01 of the best
+without early stopping, for at most a third of the compute.
+
+The defaults are sized for a 2-core CPU (about 10 minutes for both studies): a
+48-channel, one-layer model on 30,000 sequences. `--gpus-per-trial 0.25` packs four
+trials per GPU; run `--schedulers none` with 1, 0.5 and 0.25 to compare the aggregate
+samples/s of 1, 2 and 4 trials per GPU.
+
+    python benchmarks/bench_search.py
+    python benchmarks/bench_search.py --num-trials 16 --epochs 27 --n 200000 --batch-size 1024
+    python benchmarks/bench_search.py --schedulers none --gpus-per-trial 0.25 --num-trials 8 --set channels=192
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_prepare import machine
+from search.cli import config_setting
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out"
+TARGET_PEARSON_GAP, TARGET_COMPUTE_RATIO = 0.01, 1 / 3
+
+# Around the small model's baseline point (stem 5, tower 4, lr 0.01), which a space must contain.
+SPACE = {
+    "stem_width": {"type": "int", "low": 3, "high": 11},
+    "tower_width": {"type": "int", "low": 2, "high": 6},
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+}
+SMALL_MODEL = {"channels": 48, "transformer_layers": 1, "optimizer": "adam"}
+
+
+def run(args, scheduler: str, data_dir: Path, root: Path) -> dict:
+    from search.space import parse_space
+    from search.study import StudyConfig, run_study
+
+    fixed = {**SMALL_MODEL, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, **dict(args.set)}
+    config = StudyConfig(
+        name=f"bench-{scheduler}",
+        data_dir=data_dir,
+        experiment="bench-search",
+        tracking_uri=f"sqlite:///{root}/mlflow.db",
+        storage_path=str(root / "ray_results"),
+        space=parse_space(SPACE, "bench_search space"),
+        num_trials=args.num_trials,
+        max_concurrent=args.max_concurrent,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        scheduler=scheduler,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        seed=args.seed,
+        fixed=fixed,
+        backend=args.backend,
+    )
+    started = time.perf_counter()
+    summary = run_study(config, progress=lambda message: print(f"  {message}", flush=True))
+    wall = time.perf_counter() - started
+    trials = summary["trials"]
+    train_size = json.loads((data_dir / "manifest.json").read_text())["train_size"]
+    epochs = sum(t["epochs_trained"] for t in trials)
+    return {
+        "scheduler": scheduler,
+        "trials": len(trials),
+        "done": sum(t["status"] == "done" for t in trials),
+        "epochs_trained": epochs,
+        "device_hours": sum(t["device_hours"] for t in trials),
+        "best_eval_pearson": max((t["best_eval_pearson"] for t in trials if t["status"] == "done"), default=float("nan")),
+        "wall_s": wall,
+        "aggregate_samples_per_s": epochs * train_size / wall,
+        "load": os.getloadavg(),
+    }
+
+
+def print_results(args, results: list[dict], data_dir: Path) -> None:
+    gpus = "auto" if args.gpus_per_trial is None else f"{args.gpus_per_trial:g}"
+    print(f"\nmachine: {machine()}; backend {args.backend}; data {data_dir.name}; {args.epochs} epochs max, "
+          f"batch {args.batch_size}, GPUs per trial {gpus}, CPUs per trial {args.cpus_per_trial:g}")
+    print("| scheduler | trials | epochs trained | device-hours | best eval Pearson | wall (s) "
+          "| aggregate samples/s | load 1/5/15 min |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for r in results:
+        load = " / ".join(f"{x:.1f}" for x in r["load"])
+        print(f"| {r['scheduler']} | {r['trials']} | {r['epochs_trained']} | {r['device_hours']:.3f} "
+              f"| {r['best_eval_pearson']:.4f} | {r['wall_s']:.0f} | {r['aggregate_samples_per_s']:,.0f} | {load} |")
+    by = {r["scheduler"]: r for r in results}
+    if {"asha", "none"} <= set(by):
+        gap = by["none"]["best_eval_pearson"] - by["asha"]["best_eval_pearson"]
+        ratio = by["asha"]["device_hours"] / by["none"]["device_hours"]
+        verdict = "meets" if gap <= TARGET_PEARSON_GAP and ratio <= TARGET_COMPUTE_RATIO else "misses"
+        print(f"ASHA: best Pearson {gap:+.4f} below no early stopping, {ratio:.2f} of its compute; "
+              f"target <= {TARGET_PEARSON_GAP} and <= {TARGET_COMPUTE_RATIO:.2f}: {verdict}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--schedulers", default="asha,none", help="comma-separated, run in this order (default: %(default)s)")
+    parser.add_argument("--num-trials", type=int, default=8, help="trials per study, the baseline included (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=9, help="epochs per trial without early stopping (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=30_000, help="synthetic sequences (default: %(default)s)")
+    parser.add_argument("--eval-size", type=int, default=2_000, help="held-out sequences (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=256, help="(default: %(default)s)")
+    parser.add_argument("--grace-period", type=int, default=1, help="ASHA (default: %(default)s)")
+    parser.add_argument("--reduction-factor", type=int, default=3, help="ASHA (default: %(default)s)")
+    parser.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
+    parser.add_argument("--gpus-per-trial", type=float, help="fractions pack trials on a GPU (default: 1 with GPUs, else 0)")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="(default: %(default)s)")
+    parser.add_argument("--backend", choices=["tensorflow", "jax"], default="tensorflow", help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="data, Optuna and training seed (default: %(default)s)")
+    parser.add_argument("--set", type=config_setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="fix another config field for every trial, e.g. --set channels=96")
+    parser.add_argument("--keep", action="store_true", help="keep the studies' MLflow store and Ray results")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args(argv)
+    schedulers = [s.strip() for s in args.schedulers.split(",") if s.strip()]
+    if not schedulers or set(schedulers) - {"asha", "none"}:
+        parser.error(f"--schedulers takes asha and/or none, got {args.schedulers!r}")
+
+    from data_prep import ensure_synthetic
+
+    data_dir = ensure_synthetic(OUT, args.n, seed=args.seed, eval_size=args.eval_size)
+    OUT.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="bench_search-", dir=OUT))
+    results = []
+    try:
+        for scheduler in schedulers:
+            print(f"{scheduler}: {args.num_trials} trials (load average {os.getloadavg()[0]:.1f}) ...", flush=True)
+            results.append(run(args, scheduler, data_dir, root))
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print_results(args, results, data_dir)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
