@@ -7,6 +7,7 @@ scheduler and a parent MLflow run. Both train through `trainable.train_trial`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -55,6 +56,8 @@ class StudyConfig:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "jax" and importlib.util.find_spec("jax") is None:
+            raise ValueError("the jax backend needs JAX: pip install 'dream-hpo[jax]' (with jax[cuda12] for GPUs)")
         if self.num_trials < 1:
             raise ValueError(f"num_trials must be >= 1, got {self.num_trials}")
         if self.scheduler not in {"asha", "none"}:

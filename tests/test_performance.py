@@ -219,4 +219,16 @@ def test_baseline_trial_runs_and_logs_under_jax(tmp_path, make_synthetic_data):
 
     mlflow.set_tracking_uri(tracking_uri)
     logged = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
-    assert "model" in {model.name for model in logged if model.source_run_id == run.info.run_id}
+    [served] = [model for model in logged if model.source_run_id == run.info.run_id and model.name == "model"]
+
+    # Trained on JAX, served here on TensorFlow: the sequence model reproduces the trial's own eval predictions.
+    import pandas as pd
+
+    from data_prep import PreparedData
+    from data_prep.encoding import decode
+
+    table = pd.read_csv(client.download_artifacts(run.info.run_id, "predictions/eval_predictions.csv", str(tmp_path)))
+    data = PreparedData.load(make_synthetic_data(1_200, 3, 300))
+    sequences = [decode(codes) for codes in data.codes[table["row"][:50]]]
+    predicted = np.asarray(mlflow.pyfunc.load_model(served.model_uri).predict(pd.DataFrame({"sequence": sequences})))
+    np.testing.assert_allclose(predicted.reshape(-1), table["predicted"][:50], rtol=1e-4, atol=1e-5)
