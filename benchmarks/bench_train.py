@@ -9,8 +9,8 @@ precision policy and whether XLA was on, then:
   excluded; best and median of the timed steps;
 - draw: samples/s of `WindowBatches` alone, one thread (shuffled, shift-augmented uint8
   windows out of the memory-mapped arrays);
-- fed: samples/s of the trial's `CodeBatches` through Keras `fit` into a model with one
-  weight, i.e. the input pipeline as the trainer consumes it (data adapter, prefetch
+- fed: samples/s of the trial's `CodeBatches` through Keras `fit` into a model with five
+  weights, i.e. the input pipeline as the trainer consumes it (data adapter, prefetch
   threads, host-to-device copy), without the mini-Enformer's compute.
 
 The issue's targets: step >= 400 samples/s on a 2-core CPU and >= 500,000 on one H100;
