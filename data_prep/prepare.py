@@ -166,3 +166,8 @@ class PreparedData:
             )
         arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
         return cls(directory, manifest, **arrays)
+
+
+def check_prepared(directory) -> dict:
+    """The manifest of a prepared directory, refused with a one-line message when it is not one."""
+    return PreparedData.load(directory).manifest

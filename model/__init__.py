@@ -1,30 +1,38 @@
-"""The mini-Enformer in Keras 3: configs, layers, model, training pieces, metrics, saving."""
+"""The mini-Enformer in Keras 3: configs, layers, model, training pieces, metrics, saving.
 
-from model.config import ModelConfig, TrainConfig, split_config
-from model.layers import BaseOneHot, RelativeMultiHeadAttention
-from model.metrics import mse, pearson, poisson, spearman
-from model.mini_enformer import build_model, build_training_model, core_model
-from model.saving import export_serving, load_model, save_model
-from model.training import compile_for_training, make_optimizer, poisson_loss, set_precision
+Names are imported on first use (PEP 562), so `model.config` and `model.metrics`
+load without Keras: a study's driver validates configs and reads metrics without
+ever importing TensorFlow.
+"""
 
-__all__ = [
-    "BaseOneHot",
-    "ModelConfig",
-    "RelativeMultiHeadAttention",
-    "TrainConfig",
-    "build_model",
-    "build_training_model",
-    "compile_for_training",
-    "core_model",
-    "export_serving",
-    "load_model",
-    "make_optimizer",
-    "mse",
-    "pearson",
-    "poisson",
-    "poisson_loss",
-    "save_model",
-    "set_precision",
-    "split_config",
-    "spearman",
-]
+from importlib import import_module
+
+_HOMES = {
+    "ModelConfig": "model.config",
+    "TrainConfig": "model.config",
+    "split_config": "model.config",
+    "BaseOneHot": "model.layers",
+    "RelativeMultiHeadAttention": "model.layers",
+    "mse": "model.metrics",
+    "pearson": "model.metrics",
+    "poisson": "model.metrics",
+    "spearman": "model.metrics",
+    "build_model": "model.mini_enformer",
+    "build_training_model": "model.mini_enformer",
+    "core_model": "model.mini_enformer",
+    "export_serving": "model.saving",
+    "load_model": "model.saving",
+    "save_model": "model.saving",
+    "compile_for_training": "model.training",
+    "make_optimizer": "model.training",
+    "poisson_loss": "model.training",
+    "set_precision": "model.training",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

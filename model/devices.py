@@ -121,3 +121,35 @@ def describe() -> str:
     if names:
         cpu = f"{names[0]} x{len(names)} + {cpu}"
     return f"{keras.backend.backend()} on {cpu}"
+
+
+def system_figures() -> dict[str, float]:
+    """This process's resource figures for the run's system metrics: host RSS peak and, on GPUs,
+    device memory peak and utilisation (where the backend or nvidia-smi tells)."""
+    import resource
+    import shutil
+    import subprocess
+
+    figures = {"host_rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if not gpus():
+        return figures
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        figures["device_memory_peak_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    else:
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            figures["device_memory_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
+    if shutil.which("nvidia-smi"):
+        # nvidia-smi numbers cards physically; CUDA_VISIBLE_DEVICES (set by Ray) names this trial's.
+        card = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", f"--id={card}"]
+        try:
+            output = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout
+            figures["gpu_utilization_percent"] = float(output.split()[0])
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            pass
+    return figures

@@ -14,6 +14,8 @@ from pathlib import Path
 # Defaults for the embedded data set and the `--quick` run (about 5 minutes on 2 CPU cores).
 EMBEDDED = {"n": 200_000, "eval_size": 10_000, "epochs": 10, "batch_size": 10_000}
 QUICK = {"n": 24_000, "eval_size": 4_000, "epochs": 4, "batch_size": 256}
+# The README's first command: the baseline and a few Optuna trials under ASHA, about 6 minutes on 2 cores.
+QUICK_SEARCH = {"n": 12_000, "eval_size": 2_000, "epochs": 3, "batch_size": 256, "num_trials": 4, "max_concurrent": 2}
 
 
 def cache_dir() -> Path:
@@ -73,8 +75,8 @@ def resolve_data(args, defaults: dict) -> Path:
     return ensure_synthetic(cache_dir(), defaults["n"], seed=0, eval_size=defaults["eval_size"])
 
 
-def study_config(args, kind: str, data_dir: Path, fixed: dict, **search_fields):
-    """The StudyConfig of a baseline or search command: the options they share plus the search's own."""
+def study_config(args, kind: str, data_dir: Path, fixed: dict, **fields):
+    """The StudyConfig of a baseline or search command: the options they share plus each one's own."""
     from search.study import StudyConfig
 
     return StudyConfig(
@@ -89,16 +91,27 @@ def study_config(args, kind: str, data_dir: Path, fixed: dict, **search_fields):
         cpus_per_trial=args.cpus_per_trial,
         seed=args.seed,
         resume=args.resume,
-        fixed={**fixed, **dict(args.set)},
+        fixed=fixed,
         backend=args.backend,
-        **search_fields,
+        verbose=args.verbose,
+        **fields,
     )
+
+
+def mlflow_executable() -> str:
+    """`mlflow` when it is on PATH, else the one beside this Python (a virtual environment's bin)."""
+    import shutil
+
+    beside = Path(sys.executable).with_name("mlflow")
+    if shutil.which("mlflow") or not beside.exists():
+        return "mlflow"
+    return str(beside)
 
 
 def print_ui_hint(args) -> None:
     from search.tracking import resolve_tracking_uri, ui_command
 
-    print(f"\nbrowse the results: {ui_command(resolve_tracking_uri(args.tracking_uri))}")
+    print(f"\nbrowse the results: {ui_command(resolve_tracking_uri(args.tracking_uri), mlflow_executable())}")
 
 
 def cmd_baseline(args) -> int:
@@ -107,49 +120,64 @@ def cmd_baseline(args) -> int:
 
     defaults = QUICK if args.quick else EMBEDDED
     data_dir = resolve_data(args, defaults)
-    fixed = load_trial_config(args.config) if args.config else {}
-    fixed.update(seed=args.seed, epochs=args.epochs or fixed.get("epochs") or defaults["epochs"])
+    fixed = {"seed": args.seed, "epochs": args.epochs or defaults["epochs"]}
     if args.quick or args.batch_size:
         fixed["batch_size"] = args.batch_size or defaults["batch_size"]
-    summary = run_study(study_config(args, "baseline", data_dir, fixed))
+    overrides = {**(load_trial_config(args.config) if args.config else {}), **dict(args.set)}
+    for key in ("epochs", "seed", "batch_size"):
+        # the command's own flags decide these, whatever the config file trained with
+        if key in fixed:
+            overrides.pop(key, None)
+    config = study_config(
+        args,
+        "baseline",
+        data_dir,
+        fixed,
+        overrides=overrides,
+        derived_from=str(args.config.resolve()) if args.config else None,
+    )
+    summary = run_study(config)
+    print()
     print_trial_table(summary)
     print_ui_hint(args)
-    return 0 if summary["trials"] and summary["trials"][0]["status"] == "done" else 1
+    return 0 if summary["best"] else 1
 
 
 def cmd_search(args) -> int:
-    import json
-
     from search.report import print_trial_table
     from search.space import load_space
-    from search.study import run_study
+    from search.study import run_study, write_best_config
 
     space = load_space(args.space)
-    defaults = QUICK if args.quick else EMBEDDED
+    defaults = QUICK_SEARCH if args.quick else EMBEDDED
     data_dir = resolve_data(args, defaults)
     fixed = {"epochs": args.max_epochs or defaults["epochs"], "seed": args.seed}
     if "batch_size" not in space and (args.quick or args.batch_size):
         fixed["batch_size"] = args.batch_size or defaults["batch_size"]
+    fixed.update(dict(args.set))
     config = study_config(
         args,
         "search",
         data_dir,
         fixed,
         space=space,
-        num_trials=args.num_trials,
-        max_concurrent=args.max_concurrent,
+        num_trials=args.num_trials or defaults.get("num_trials", 20),
+        max_concurrent=args.max_concurrent or defaults.get("max_concurrent"),
         scheduler=args.scheduler,
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
         register_as=args.register_as,
     )
     summary = run_study(config)
+    print()
     print_trial_table(summary)
-    best = next((t for t in summary["trials"] if t["status"] == "done"), None)
+    best = summary["best"]
     if best:
         out = args.best_config or Path(f"{config.name}-best_config.json")
-        out.write_text(json.dumps(best["config"], indent=2, sort_keys=True))
+        write_best_config(best, out)
         print(f"\nbest config written to {out}; retrain it with: dream-hpo baseline --config {out}")
+    else:
+        print("\nno trial finished with a finite eval Pearson and a logged model; see the reasons above", file=sys.stderr)
     if summary.get("registered"):
         print(f"best model registered as {summary['registered']}")
     print_ui_hint(args)
@@ -209,8 +237,10 @@ def load_trial_config(path: Path) -> dict:
 
     try:
         config = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise SystemExit(f"{path}: cannot read a trial config: {error}") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"--config {path}: cannot read a trial config: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of config fields, got {type(config).__name__}")
     config.pop("data_dir", None)
     return config
 
@@ -222,7 +252,13 @@ def config_setting(text: str) -> tuple[str, object]:
     key, separator, value = text.partition("=")
     if not separator or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    key = key.strip()
+    from model.config import ModelConfig, TrainConfig
+
+    allowed = sorted(set(ModelConfig.fields()) | set(TrainConfig.fields()))
+    if key not in allowed:
+        raise argparse.ArgumentTypeError(f"{key!r} is not a config field; allowed: {', '.join(allowed)}")
+    return key, yaml.safe_load(value)
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -260,6 +296,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the study of this --name after a crash")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Ray Tune's own reporter and the workers' output (TensorFlow, CUDA)"
+    )
     parser.add_argument(
         "--set",
         type=config_setting,
@@ -342,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_cluster_arguments(search)
     search.add_argument("--space", type=Path, help="search space file (.yaml or .toml; default: the built-in space)")
-    search.add_argument("--num-trials", type=int, default=20, help="trials, the baseline included (default: %(default)s)")
+    search.add_argument(
+        "--num-trials", type=int, help=f"trials, the baseline included (default: 20; quick: {QUICK_SEARCH['num_trials']})"
+    )
     search.add_argument("--max-concurrent", type=int, help="trials running at once (default: as resources allow)")
     search.add_argument("--scheduler", choices=["asha", "none"], default="asha", help="early stopping (default: %(default)s)")
     search.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial may stop (default: %(default)s)")
@@ -352,7 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--name", help="study name (default: search-DATE-TIME); --resume needs it")
     search.add_argument("--register-as", default="dream-hpo-best", help="Model Registry name for the best model (default: %(default)s)")
     search.add_argument("--best-config", type=Path, help="where to write the best config (default: NAME-best_config.json)")
-    search.add_argument("--quick", action="store_true", help="a small demo on the quick synthetic set")
+    search.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a small demo: {QUICK_SEARCH['num_trials']} trials on {QUICK_SEARCH['n']:,} synthetic sequences, "
+        f"{QUICK_SEARCH['epochs']} epochs at most, batch {QUICK_SEARCH['batch_size']}",
+    )
     search.set_defaults(handler=cmd_search)
 
     predict = commands.add_parser(

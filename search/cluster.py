@@ -77,3 +77,24 @@ def check_storage(storage_path: str, shared: bool, trial_resources: dict) -> Non
     )
     if problem:
         raise StorageError(problem)
+
+
+def default_gpus_per_trial() -> float:
+    """1 GPU per trial when the cluster has GPUs, else CPU trials."""
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def warn_if_no_gpus(gpus_per_trial: float) -> None:
+    """Trials that ask for GPUs on a cluster without any wait for the autoscaler: say so."""
+    import sys
+
+    import ray
+
+    if gpus_per_trial > 0 and ray.cluster_resources().get("GPU", 0) == 0:
+        print(
+            f"warning: each trial asks for {gpus_per_trial:g} GPU but the cluster has none now; trials wait "
+            "until the autoscaler adds GPU workers (pass --gpus-per-trial 0 to train on CPUs)",
+            file=sys.stderr,
+        )

@@ -5,13 +5,18 @@ the search registers loads with `mlflow.pyfunc.load_model` and `mlflow models
 serve` answers `{"dataframe_split": {"columns": ["sequence"], "data": [...]}}`
 with one prediction per sequence. The wrapper applies the training-time
 encoding (110-wide codes, N and padding as zero rows, the unshifted 85 bp
-window), so callers never one-hot anything. The .keras file travels as the
-model's artifact; the code comes from the installed dream-hpo package, so serve
-with `--env-manager local` in its environment.
+window), so callers never one-hot anything.
+
+The model is logged from code (`search/served_model.py`, MLflow's models-from-code),
+so no pickled Python object is stored; the .keras file travels as its artifact and
+the code comes from the installed dream-hpo package, so serve with
+`--env-manager local` in its environment. Signature and input example are fixed
+here, so the driver logs a model without importing TensorFlow or running it.
 """
 
 from __future__ import annotations
 
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -21,7 +26,6 @@ import pandas as pd
 
 KERAS_ARTIFACT = "keras_model"
 LOGGED_MODEL_NAME = "model"
-KERAS_FLAVOUR_NAME = "keras_model"
 SEQUENCE_COLUMN = "sequence"
 # Two sequences in the challenge layout (constant flanks around a random middle), one shorter with an N.
 INPUT_EXAMPLE = pd.DataFrame(
@@ -34,6 +38,7 @@ INPUT_EXAMPLE = pd.DataFrame(
     }
 )
 REQUIREMENTS = ("mlflow", "tensorflow", "keras", "numpy", "pandas")
+MODEL_CODE = Path(__file__).with_name("served_model.py")
 
 
 class SequenceModel(mlflow.pyfunc.PythonModel):
@@ -73,40 +78,37 @@ def signature():
     )
 
 
+def save_model(path, mlflow_model=None, validate_serving_input=True, **kwargs):
+    """The flavor hook `Model.log` calls: pyfunc's own save.
+
+    `validate_serving_input` is MLflow's switch for loading the model and running
+    the input example at log time; it is taken here so it is not passed on, and
+    `log_sequence_model` turns it off: the driver never imports TensorFlow.
+    """
+    mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kwargs)
+
+
 def log_sequence_model(run_id: str, keras_path: Path, name: str = LOGGED_MODEL_NAME):
     """Log the .keras model at `keras_path` to the run as a sequence-serving pyfunc; returns MLflow's ModelInfo.
 
     Requirements are pinned to this environment's versions instead of inferred,
-    which would load the model once more in a subprocess for every trial.
+    which would load the model in a subprocess for every trial.
     """
-    requirements = [f"{package}=={metadata.version(package)}" for package in REQUIREMENTS]
+    from mlflow.models import Model
+
+    # The run's context puts the logged model in the run's experiment.
     with mlflow.start_run(run_id=run_id):
-        return mlflow.pyfunc.log_model(
+        return Model.log(
+            artifact_path=None,
             name=name,
-            python_model=SequenceModel(),
+            flavor=sys.modules[__name__],
+            run_id=run_id,
+            python_model=str(MODEL_CODE),
             artifacts={KERAS_ARTIFACT: str(keras_path)},
             signature=signature(),
             input_example=INPUT_EXAMPLE,
-            pip_requirements=requirements,
-        )
-
-
-def log_keras_flavour(run_id: str, keras_path: Path, name: str = KERAS_FLAVOUR_NAME):
-    """Log the same model with MLflow's Keras flavour: one-hot `(batch, 85, 4)` float32 in, for Keras users."""
-    from mlflow.models import infer_signature
-
-    from model import load_model
-
-    keras_model = load_model(keras_path)
-    example = np.zeros((2, keras_model.input_shape[1], 4), dtype=np.float32)
-    example[:, :, 0] = 1.0
-    keras_signature = infer_signature(example, np.asarray(keras_model.predict(example, verbose=0)))
-    with mlflow.start_run(run_id=run_id):
-        return mlflow.keras.log_model(
-            keras_model,
-            name=name,
-            signature=keras_signature,
             pip_requirements=[f"{package}=={metadata.version(package)}" for package in REQUIREMENTS],
+            validate_serving_input=False,
         )
 
 

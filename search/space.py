@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-# The seed's baseline, 192/5/4/4 with lr 0.01: always trial 0 of a search.
+# The seed's 192/5/4/4 with lr 0.01, on the default space's fields (the config defaults).
 BASELINE_POINT = {
     "channels": 192,
     "stem_width": 5,
@@ -22,6 +22,8 @@ BASELINE_POINT = {
     "transformer_layers": 4,
     "learning_rate": 0.01,
 }
+# Config fields a study sets for all its trials, with the flag that sets them.
+STUDY_FIELDS = {"epochs": "--max-epochs", "seed": "--seed"}
 
 DEFAULT_SPACE = {
     "channels": {"type": "int", "low": 96, "high": 384, "step": 48},
@@ -124,8 +126,8 @@ def _parameter(name: str, spec, source: str) -> Parameter:
 
 
 def parse_space(raw: dict, source: str = "search space") -> dict[str, Parameter]:
-    """Validate a raw space mapping against the config fields and their constraints."""
-    from model import ModelConfig, TrainConfig, split_config
+    """Validate a raw space mapping: known config fields, well-formed ranges, valid values."""
+    from model import ModelConfig, TrainConfig
 
     if not isinstance(raw, dict) or not raw:
         raise SpaceError(f"{source}: expected a non-empty mapping of parameter name to distribution")
@@ -134,18 +136,10 @@ def parse_space(raw: dict, source: str = "search space") -> dict[str, Parameter]
     for name, spec in raw.items():
         if name not in allowed:
             raise SpaceError(f"{source}: '{name}' is not a config field; searchable fields: {sorted(allowed)}")
-        if name in {"epochs", "seed"}:
-            raise SpaceError(f"{source}: '{name}' is set by the study (--max-epochs, --seed), not searched")
+        if name in STUDY_FIELDS:
+            raise SpaceError(f"{source}: '{name}' is set by the study ({STUDY_FIELDS[name]}), not searched")
         space[name] = _parameter(name, spec, source)
-    for parameter in space.values():
-        for value in parameter.values_to_check():
-            point = dict(BASELINE_POINT, **{parameter.name: value})
-            try:
-                split_config(point)
-            except (ValueError, TypeError) as error:
-                raise SpaceError(
-                    f"{source}: parameter '{parameter.name}' allows {value!r}, which makes an invalid config: {error}"
-                ) from error
+    check_space(space, {}, source)
     return space
 
 
@@ -155,7 +149,7 @@ def load_space(path: Path | None) -> dict[str, Parameter]:
         return parse_space(DEFAULT_SPACE, "default search space")
     path = Path(path)
     if not path.is_file():
-        raise SpaceError(f"{path}: no such space file")
+        raise SpaceError(f"--space {path}: no such space file")
     text = path.read_text()
     try:
         if path.suffix == ".toml":
@@ -163,22 +157,38 @@ def load_space(path: Path | None) -> dict[str, Parameter]:
         elif path.suffix in {".yaml", ".yml"}:
             raw = yaml.safe_load(text)
         else:
-            raise SpaceError(f"{path}: a space file must end in .yaml, .yml or .toml")
+            raise SpaceError(f"--space {path}: a space file must end in .yaml, .yml or .toml")
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
-        raise SpaceError(f"{path}: not valid {path.suffix[1:].upper()}: {error}") from error
+        raise SpaceError(f"--space {path}: not valid {path.suffix[1:].upper()}: {error}") from error
     return parse_space(raw, str(path))
 
 
-def baseline_point(space: dict[str, Parameter], fixed: dict) -> dict:
-    """Trial 0: the seed's baseline on the searched fields, which the space must contain.
-
-    Searched fields the seed did not name (batch size, dropout) take the study's fixed
-    value or the config default, so trial 0 trains exactly as the baseline command does.
-    """
+def seed_config() -> dict:
+    """The seed's full configuration: every field of ModelConfig and TrainConfig at its default."""
     from model import ModelConfig, TrainConfig
 
-    defaults = {**ModelConfig().to_dict(), **TrainConfig().to_dict(), **fixed, **BASELINE_POINT}
-    point = {name: defaults[name] for name in space}
+    return {**ModelConfig().to_dict(), **TrainConfig().to_dict()}
+
+
+def baseline_config(fixed: dict) -> dict:
+    """The baseline: the seed's configuration with the study's fixed fields. The one definition.
+
+    A trial is the baseline exactly when its resolved config equals this; the search
+    starts from it (its searched fields are trial 1's point) and the baseline command
+    trains it.
+    """
+    return {**seed_config(), **fixed}
+
+
+def is_baseline(config: dict, fixed: dict) -> bool:
+    """Whether a trial's config (defaults filled in) is the study's baseline."""
+    return {**seed_config(), **config} == baseline_config(fixed)
+
+
+def baseline_point(space: dict[str, Parameter], fixed: dict) -> dict:
+    """Trial 1: the baseline's values of the searched fields, which the space must contain."""
+    baseline = baseline_config(fixed)
+    point = {name: baseline[name] for name in space}
     for name, value in point.items():
         parameter = space[name]
         inside = (
@@ -188,8 +198,40 @@ def baseline_point(space: dict[str, Parameter], fixed: dict) -> dict:
             and (not parameter.step or (value - parameter.low) % parameter.step == 0)
         )
         if not inside:
+            allowed = (
+                list(parameter.choices) if parameter.type == "categorical" else f"{parameter.low}..{parameter.high}"
+            )
             raise SpaceError(
-                f"the search space for '{name}' must contain the baseline value {value!r} "
-                "so that trial 0 is the seed's configuration"
+                f"the search space for '{name}' ({allowed}) must contain the baseline value {value!r}, "
+                "so that trial 1 is the seed's configuration"
             )
     return point
+
+
+# Above this many combinations the space is checked one parameter at a time.
+MAX_COMBINATIONS_CHECKED = 20_000
+
+
+def check_space(space: dict[str, Parameter], fixed: dict, source: str = "search space") -> None:
+    """Every point the space can propose, with the study's fixed fields, must make a valid config.
+
+    Interacting fields (channels and num_heads, say) are checked together: every
+    combination of the representative values while there are at most
+    MAX_COMBINATIONS_CHECKED, else each parameter against the baseline's others.
+    """
+    import itertools
+
+    from model import split_config
+
+    baseline = baseline_config(fixed)
+    values = {name: parameter.values_to_check() for name, parameter in space.items()}
+    if math.prod(len(v) for v in values.values()) <= MAX_COMBINATIONS_CHECKED:
+        points = (dict(zip(values, combination)) for combination in itertools.product(*values.values()))
+    else:
+        points = ({name: value} for name, options in values.items() for value in options)
+    for point in points:
+        try:
+            split_config({**baseline, **point})
+        except (ValueError, TypeError) as error:
+            shown = ", ".join(f"{k}={v!r}" for k, v in point.items())
+            raise SpaceError(f"{source}: the point {shown} makes an invalid config: {error}") from error

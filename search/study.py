@@ -3,12 +3,14 @@
 `run_study` is the one place a `Tuner` is built. The baseline command is a study of
 one trial at the fixed baseline point; a search adds the Optuna sampler, the ASHA
 scheduler and a parent MLflow run. Both train through `trainable.train_trial`.
+Everything a user gave is checked by `check_study` before Ray starts or MLflow is touched.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import os
 import signal
@@ -16,20 +18,27 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ray
-from mlflow.tracking import MlflowClient
-from ray import tune
-
 from search import cluster, tracking
-from search.space import BASELINE_POINT, Parameter, baseline_point
-from search.trainable import SEARCH_METRIC, train_trial
+from search.space import Parameter, baseline_config, baseline_point, check_space, is_baseline
+from search.trainable import TUNE_METRIC
 
 BACKENDS = ("tensorflow", "jax")
+SCHEDULERS = ("asha", "none")
+
+
+class StudyError(ValueError):
+    """A study that cannot start as given; the message names the flag or file, the value and what is allowed."""
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """Everything a study needs besides the trial configs themselves."""
+    """Everything a study needs besides the trial configs themselves.
+
+    `fixed` holds the config fields every trial shares (the study's epochs, seed,
+    batch size, and `--set` fields of a search): the baseline is the seed with them.
+    `overrides` change the one trial of a baseline-command study away from the
+    baseline (`--set`, `--config`): such a run is a variant, and says where it came from.
+    """
 
     name: str
     data_dir: Path
@@ -49,132 +58,320 @@ class StudyConfig:
     seed: int = 0
     resume: bool = False
     fixed: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)
+    derived_from: str | None = None
     max_failures: int = 2
     register_as: str | None = None
     backend: str = "tensorflow"
+    verbose: bool = False
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
-        if self.backend == "jax" and importlib.util.find_spec("jax") is None:
-            raise ValueError("the jax backend needs JAX: pip install 'dream-hpo[jax]' (with jax[cuda12] for GPUs)")
-        if self.num_trials < 1:
-            raise ValueError(f"num_trials must be >= 1, got {self.num_trials}")
-        if self.scheduler not in {"asha", "none"}:
-            raise ValueError(f"scheduler must be 'asha' or 'none', got {self.scheduler!r}")
+        def require(ok: bool, flag: str, value, allowed: str):
+            if not ok:
+                raise StudyError(f"{flag} {value!r}: {allowed}")
+
+        require(self.backend in BACKENDS, "--backend", self.backend, f"must be one of {list(BACKENDS)}")
+        require(
+            self.backend != "jax" or importlib.util.find_spec("jax") is not None,
+            "--backend",
+            self.backend,
+            "needs JAX: pip install 'dream-hpo[jax]' (with jax[cuda12] for GPUs)",
+        )
+        require(_is_int(self.num_trials) and self.num_trials >= 1, "--num-trials", self.num_trials, "must be >= 1")
+        require(
+            self.max_concurrent is None or (_is_int(self.max_concurrent) and self.max_concurrent >= 1),
+            "--max-concurrent",
+            self.max_concurrent,
+            "must be >= 1 (leave it out to run as many as resources allow)",
+        )
+        require(
+            self.gpus_per_trial is None or (math.isfinite(self.gpus_per_trial) and self.gpus_per_trial >= 0),
+            "--gpus-per-trial",
+            self.gpus_per_trial,
+            "must be >= 0 (fractions pack trials on one GPU)",
+        )
+        require(
+            math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0,
+            "--cpus-per-trial",
+            self.cpus_per_trial,
+            "must be > 0",
+        )
+        require(self.scheduler in SCHEDULERS, "--scheduler", self.scheduler, f"must be one of {list(SCHEDULERS)}")
+        require(_is_int(self.grace_period) and self.grace_period >= 1, "--grace-period", self.grace_period, "must be >= 1")
+        require(
+            _is_int(self.reduction_factor) and self.reduction_factor >= 2,
+            "--reduction-factor",
+            self.reduction_factor,
+            "must be >= 2 (ASHA keeps 1/F of the trials at each rung)",
+        )
+        epochs = self.fixed.get("epochs", 1)
+        require(_is_int(epochs) and epochs >= 1, "--max-epochs/--epochs", epochs, "must be >= 1")
+        require(bool(self.name) and self.name not in {".", ".."}, "--name", self.name, "must be a non-empty name")
+        require(
+            "/" not in self.name and "\\" not in self.name and "\0" not in self.name and self.name.isprintable(),
+            "--name",
+            self.name,
+            "names a directory of the study's results: any printable characters but / and \\",
+        )
         if self.space is None and self.num_trials != 1:
-            raise ValueError("a study without a search space runs exactly one trial (the baseline)")
+            raise StudyError("a study without a search space runs exactly one trial (the baseline)")
+        if self.space and self.overrides:
+            raise StudyError("a search sets its shared fields with `fixed`; `overrides` belong to one-trial studies")
+
+    @property
+    def max_epochs(self) -> int:
+        return baseline_config(self.fixed)["epochs"]
 
 
-def connect_ray(address: str | None, backend: str = "tensorflow") -> None:
-    """A local Ray on this machine by default; `auto` or `ray://...` joins a cluster.
-
-    Trials run Keras on `backend`: Ray starts every worker with KERAS_BACKEND set,
-    and the driver (which loads the best model for MLflow) uses it too unless it
-    has imported Keras already.
-    """
-    os.environ["KERAS_BACKEND"] = backend
-    if ray.is_initialized():
-        running = (ray.get_runtime_context().runtime_env.get("env_vars") or {}).get("KERAS_BACKEND", "tensorflow")
-        if running != backend:
-            raise ValueError(
-                f"Ray is already connected with KERAS_BACKEND={running}; a {backend} study needs "
-                "a new process (or ray.shutdown() first)"
-            )
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    env_vars = {
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        # Ray workers must import this project whether it is installed or run from a checkout.
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-        "KERAS_BACKEND": backend,
-        # JAX takes 75% of a GPU at start unless told not to; packed trials share the card.
-        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-    }
-    ray.init(address=address, runtime_env={"env_vars": env_vars}, include_dashboard=False, log_to_driver=True)
-
-
-def default_gpus_per_trial() -> float:
-    """1 GPU per trial when the cluster has GPUs, else CPU trials."""
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def storage_path(config: StudyConfig) -> str:
     return config.storage_path or str(Path("ray_results").resolve())
 
 
-def run_study(config: StudyConfig, progress=print) -> dict:
-    """Run (or resume) the study and return a summary of its trials, best first."""
-    connect_ray(config.address, config.backend)
-    gpus = config.gpus_per_trial if config.gpus_per_trial is not None else default_gpus_per_trial()
-    cluster.check_storage(storage_path(config), config.shared_storage, {"CPU": config.cpus_per_trial, "GPU": gpus})
-    tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
-    experiment_id = tracking.open_experiment(client, config.experiment)
-    data_manifest = json.loads((Path(config.data_dir) / "manifest.json").read_text())
-
-    constants = {"data_dir": str(Path(config.data_dir).resolve()), **config.fixed}
-    space = config.space or {}
-    point = baseline_point(space, config.fixed) if space else {}
-    # On resume Ray restores the logger pickled with the tuner; it finds its runs by tags.
-    parent_run_id = open_parent_run(client, experiment_id, config) if space else None
-    logger = tracking.MlflowTrialLogger(
-        tracking_uri,
-        experiment_id,
-        study=config.name,
-        baseline_point=point,
-        data_manifest=data_manifest,
-        parent_run_id=parent_run_id,
-    )
-    trainable = tune.with_resources(train_trial, {"cpu": config.cpus_per_trial, "gpu": gpus})
+def experiment_path(config: StudyConfig) -> str:
     # A string join keeps the '//' of s3:// and gs:// storage URIs, which Path would collapse.
-    experiment_path = f"{storage_path(config).rstrip('/')}/{config.name}"
-    progress(f"study '{config.name}': {config.num_trials} trial(s), {gpus:g} GPU and {config.cpus_per_trial:g} CPU each")
-    if config.resume:
-        if not tune.Tuner.can_restore(str(experiment_path)):
-            raise FileNotFoundError(f"nothing to resume at {experiment_path}; run without --resume to start it")
-        tuner = tune.Tuner.restore(
-            str(experiment_path),
-            trainable,
-            resume_errored=True,
-            param_space=_param_space(space, constants),
-        )
-    else:
-        if tune.Tuner.can_restore(str(experiment_path)):
-            raise FileExistsError(
-                f"a study named '{config.name}' already exists at {experiment_path}; "
-                "pass --resume to continue it or --name to start another"
-            )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_param_space(space, constants),
-            tune_config=_tune_config(config, space, point),
-            run_config=tune.RunConfig(
-                name=config.name,
-                storage_path=storage_path(config),
-                callbacks=[logger],
-                failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                verbose=1,
-            ),
+    return f"{storage_path(config).rstrip('/')}/{config.name}"
+
+
+def single_trial_config(config: StudyConfig) -> dict:
+    """The one trial of a study without a space: the baseline, changed by any overrides."""
+    return {**baseline_config(config.fixed), **config.overrides}
+
+
+def check_study(config: StudyConfig) -> dict:
+    """Every check that needs no Ray and touches no MLflow store; returns the data's manifest.
+
+    The data directory, the fixed fields and overrides, every point of the space
+    together with them, the baseline inside the space, and whether the study exists.
+    """
+    from data_prep import check_prepared
+    from model import split_config
+
+    manifest = check_prepared(config.data_dir)
+    for key, value in {**config.fixed, **config.overrides}.items():
+        try:
+            split_config({**baseline_config({}), key: value})
+        except (ValueError, TypeError) as error:
+            raise StudyError(f"--set/--config {key}={value!r}: {error}") from None
+    searched = sorted(set(config.fixed) & set(config.space or {}))
+    if searched:
+        raise StudyError(
+            f"--set {searched[0]}: '{searched[0]}' is searched by this study's space; a fixed value would be "
+            "ignored. Narrow the space (--space FILE) instead, or drop the --set"
         )
     try:
+        split_config(single_trial_config(config))
+    except (ValueError, TypeError) as error:
+        raise StudyError(f"--set/--config: the trial's config is invalid: {error}") from None
+    if config.space:
+        check_space(config.space, config.fixed)
+        baseline_point(config.space, config.fixed)
+    from ray import tune
+
+    exists = tune.Tuner.can_restore(experiment_path(config))
+    if config.resume and not exists:
+        raise StudyError(f"--resume --name {config.name}: nothing to resume at {experiment_path(config)}")
+    if exists and not config.resume:
+        raise StudyError(
+            f"--name {config.name}: a study of that name already exists at {experiment_path(config)}; "
+            "pass --resume to continue it or another --name to start a new one"
+        )
+    return manifest
+
+
+def connect_ray(address: str | None, backend: str = "tensorflow", verbose: bool = False) -> None:
+    """A local Ray on this machine by default; `auto` or `ray://...` joins a cluster.
+
+    Trials run Keras on `backend`: Ray starts every worker with KERAS_BACKEND set.
+    A local Ray uses a loopback node address and Ray's token authentication (see the
+    README's Reliability section for the ports it opens). Without `verbose`, the
+    workers' output (TensorFlow, CUDA, absl) stays in Ray's log files.
+    """
+    import ray
+
+    os.environ["KERAS_BACKEND"] = backend
+    if ray.is_initialized():
+        running = (ray.get_runtime_context().runtime_env.get("env_vars") or {}).get("KERAS_BACKEND", "tensorflow")
+        if running != backend:
+            raise StudyError(
+                f"--backend {backend}: Ray is already connected with KERAS_BACKEND={running}; a {backend} "
+                "study needs a new process (or ray.shutdown() first)"
+            )
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    env_vars = {
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "GRPC_VERBOSITY": "ERROR",
+        # Ray workers must import this project whether it is installed or run from a checkout.
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "KERAS_BACKEND": backend,
+        # JAX takes 75% of a GPU at start unless told not to; packed trials share the card.
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+    }
+    local = {} if address else {"_node_ip_address": LOCAL_NODE_IP}
+    ray.init(
+        address=address,
+        runtime_env={"env_vars": env_vars},
+        include_dashboard=False,
+        log_to_driver=verbose,
+        logging_level=logging.INFO if verbose else logging.ERROR,
+        **local,
+    )
+
+
+# Ray turns 127.0.0.1 into the machine's network address; the rest of 127/8 stays loopback.
+LOCAL_NODE_IP = "127.0.0.2"
+
+
+def _quiet_ray_tune() -> None:
+    """Ray Tune's info messages (result paths, TensorBoard hints) are for --verbose."""
+    for name in ("ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_study(config: StudyConfig, progress=print) -> dict:
+    """Run (or resume) the study and return a summary of its trials, best first."""
+    manifest = check_study(config)
+    from ray import tune
+
+    connect_ray(config.address, config.backend, config.verbose)
+    if not config.verbose:
+        _quiet_ray_tune()
+    gpus = config.gpus_per_trial if config.gpus_per_trial is not None else cluster.default_gpus_per_trial()
+    cluster.check_storage(storage_path(config), config.shared_storage, {"CPU": config.cpus_per_trial, "GPU": gpus})
+    cluster.warn_if_no_gpus(gpus)
+    tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
+    runs = tracking.StudyRuns(tracking_uri, config.experiment, config.name, str(Path(config.data_dir).resolve()), manifest)
+    space = config.space or {}
+    point = baseline_point(space, config.fixed) if space else {}
+    constants = {"data_dir": str(Path(config.data_dir).resolve()), **config.fixed}
+    if not space:
+        constants = {**constants, **config.overrides}
+    parent_run_id = runs.open_parent(study_settings(config, gpus), space_spec(space)) if space else None
+    # On resume Ray restores the callbacks pickled with the tuner; they find their runs by tags.
+    logger = tracking.MlflowTrialLogger(runs, TrialNaming(config), trial_params, parent_run_id)
+    console = console_reporter(config, progress)
+    trainable = tune.with_resources(_train_trial(), {"cpu": config.cpus_per_trial, "gpu": gpus})
+    progress(header(config, gpus, tracking_uri))
+    try:
+        if config.resume:
+            tuner = tune.Tuner.restore(
+                experiment_path(config), trainable, resume_errored=True, param_space=_param_space(space, constants)
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=_param_space(space, constants),
+                tune_config=_tune_config(config, space, point),
+                run_config=tune.RunConfig(
+                    name=config.name,
+                    storage_path=storage_path(config),
+                    callbacks=[logger, console],
+                    failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    verbose=1 if config.verbose else 0,
+                ),
+            )
         with GracefulInterrupt() as interrupt:
             results = tuner.fit()
         if interrupt.happened:
             raise KeyboardInterrupt(f"(state saved); continue it with --resume --name {config.name}")
-    finally:
-        tracking.close_open_runs(client, experiment_id, config.name, "KILLED")
-    device_share = gpus if gpus > 0 else config.cpus_per_trial
-    summary = summarise(results, client, experiment_id, config.name, logger, device_share)
+        summary = summarise(results, runs, config, gpus if gpus > 0 else config.cpus_per_trial)
+    except BaseException as error:
+        runs.close_open_runs("KILLED")
+        if parent_run_id:
+            interrupted = isinstance(error, KeyboardInterrupt)
+            runs.fail_parent(parent_run_id, f"{type(error).__name__}: {error}", "KILLED" if interrupted else "FAILED")
+        raise
+    runs.close_open_runs("KILLED")
+    best = best_trial(summary["trials"])
+    summary["best"] = best
     if parent_run_id:
-        from search.report import finish_parent_run
-
-        finish_parent_run(client, parent_run_id, summary, config)
+        finish_parent_run(runs, parent_run_id, summary, best, config)
     return summary
+
+
+def _train_trial():
+    from search.trainable import train_trial
+
+    return train_trial
+
+
+class TrialNaming:
+    """A trial's run name and tags, from the study's one definition of the baseline."""
+
+    def __init__(self, config: StudyConfig):
+        self.fixed = dict(config.fixed)
+        self.search = bool(config.space)
+        self.derived_from = config.derived_from
+        self.overrides = dict(config.overrides)
+
+    def __call__(self, trial_config: dict, number: int) -> tuple[str, dict]:
+        if is_baseline(trial_config, self.fixed):
+            return "baseline", {"baseline": "true", "run_kind": "baseline", "trial_number": str(number)}
+        tags = {"baseline": "false", "trial_number": str(number)}
+        if self.search:
+            return f"trial-{number}", {**tags, "run_kind": "search_trial"}
+        if self.derived_from:
+            return f"retrain-{Path(self.derived_from).stem}", {
+                **tags,
+                "run_kind": "retrain",
+                "derived_from": self.derived_from,
+            }
+        changed = {k: v for k, v in self.overrides.items() if baseline_config(self.fixed).get(k) != v}
+        shown = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
+        return f"baseline+{shown}", {**tags, "run_kind": "variant", "derived_from": f"baseline --set {shown}"}
+
+
+def trial_params(trial_config: dict) -> dict:
+    """Every resolved field of the model and training config, defaults included: the same keys for every run."""
+    from model import split_config
+
+    model_config, train_config = split_config({**baseline_config({}), **trial_config})
+    return {**model_config.to_dict(), **train_config.to_dict()}
+
+
+def console_reporter(config: StudyConfig, progress):
+    from search.console import ConsoleReporter
+
+    fixed = dict(config.fixed)
+    return ConsoleReporter(config.num_trials, config.max_epochs, lambda c: is_baseline(c, fixed), progress)
+
+
+def header(config: StudyConfig, gpus: float, tracking_uri: str) -> str:
+    kind = f"search of {config.num_trials} trials" if config.space else "one trial"
+    schedule = f", {config.scheduler} scheduler" if config.space else ""
+    concurrency = f", at most {config.max_concurrent} at once" if config.max_concurrent else ""
+    return (
+        f"study '{config.name}': {kind} ({config.max_epochs} epochs at most{schedule}{concurrency})\n"
+        f"  data:      {Path(config.data_dir).resolve()}\n"
+        f"  resources: {gpus:g} GPU and {config.cpus_per_trial:g} CPU per trial, Keras on {config.backend}\n"
+        f"  results:   MLflow {tracking_uri} (experiment '{config.experiment}'), checkpoints {experiment_path(config)}"
+    )
+
+
+def study_settings(config: StudyConfig, gpus: float) -> dict:
+    """The parent run's params: how the study searches, so it can be repeated."""
+    return {
+        "num_trials": config.num_trials,
+        "max_concurrent": config.max_concurrent,
+        "scheduler": config.scheduler,
+        "grace_period": config.grace_period,
+        "reduction_factor": config.reduction_factor,
+        "sampler": "optuna TPE (multivariate)",
+        "sampler_seed": config.seed,
+        "gpus_per_trial": gpus,
+        "cpus_per_trial": config.cpus_per_trial,
+        "backend": config.backend,
+        **{f"fixed.{k}": v for k, v in config.fixed.items()},
+    }
+
+
+def space_spec(space: dict[str, Parameter]) -> dict:
+    return {name: parameter.to_spec() for name, parameter in space.items()}
 
 
 class GracefulInterrupt:
@@ -208,12 +405,15 @@ def _param_space(space: dict[str, Parameter], constants: dict) -> dict:
     return {**constants, **{name: parameter.to_ray() for name, parameter in space.items()}}
 
 
-def _tune_config(config: StudyConfig, space: dict[str, Parameter], point: dict) -> tune.TuneConfig:
+def _tune_config(config: StudyConfig, space: dict[str, Parameter], point: dict):
+    from ray import tune
+
     search_alg, scheduler = None, None
     if space:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True)
         search_alg = OptunaSearch(points_to_evaluate=[point], sampler=sampler)
         if config.max_concurrent:
@@ -223,12 +423,12 @@ def _tune_config(config: StudyConfig, space: dict[str, Parameter], point: dict) 
     if config.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
             time_attr="epoch",
-            max_t=config.fixed.get("epochs", 10),
+            max_t=config.max_epochs,
             grace_period=config.grace_period,
             reduction_factor=config.reduction_factor,
         )
     return tune.TuneConfig(
-        metric=SEARCH_METRIC,
+        metric=TUNE_METRIC,
         mode="max",
         search_alg=search_alg,
         scheduler=scheduler,
@@ -237,44 +437,92 @@ def _tune_config(config: StudyConfig, space: dict[str, Parameter], point: dict) 
     )
 
 
-def open_parent_run(client: MlflowClient, experiment_id: str, config: StudyConfig) -> str:
-    """The study's parent run, reopened on resume."""
-    tags = {tracking.STUDY_TAG: config.name, "study_parent": "true"}
-    run = tracking.find_run(client, experiment_id, tags)
-    if run is not None:
-        client.update_run(run.info.run_id, status="RUNNING")
-        return run.info.run_id
-    run = client.create_run(experiment_id, tags={**tags, "git_commit": tracking.git_commit()}, run_name=config.name)
-    from search.report import log_study_setup
-
-    log_study_setup(client, run.info.run_id, config)
-    return run.info.run_id
-
-
-def summarise(
-    results, client, experiment_id: str, study: str, logger: tracking.MlflowTrialLogger, device_share: float
-) -> dict:
-    """Per-trial outcome rows, best first; device hours are GPU-hours (CPU-hours without GPUs)."""
+def summarise(results, runs: tracking.StudyRuns, config: StudyConfig, device_share: float) -> dict:
+    """Per-trial outcome rows, ranked; device hours are GPU-hours (CPU-hours without GPUs)."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        config = {k: v for k, v in (result.config or {}).items() if k != "data_dir"}
+        trial_config = {k: v for k, v in (result.config or {}).items() if k != "data_dir"}
         trial_id = metrics.get("trial_id")
-        run = tracking.find_run(client, experiment_id, {tracking.STUDY_TAG: study, tracking.TRIAL_ID_TAG: trial_id})
-        best = metrics.get("best_eval_pearson", metrics.get(SEARCH_METRIC, math.nan))
+        run = runs.find_run(**{tracking.TRIAL_ID_TAG: trial_id}) if trial_id else None
+        best = metrics.get("best_eval_pearson", math.nan)
+        if result.error:
+            status = "error"
+        elif metrics.get("diverged"):
+            status = "diverged"
+        elif best is None or not math.isfinite(best):
+            status = "no signal"
+        else:
+            status = "done"
         rows.append(
             {
                 "trial_id": trial_id,
                 "run_id": run.info.run_id if run else None,
-                "baseline": logger.is_baseline(config),
+                "model_logged": bool(run and run.data.tags.get("model_logged") == "true"),
+                "baseline": is_baseline(trial_config, config.fixed),
                 "best_eval_pearson": float(best) if best is not None else math.nan,
                 "epochs_trained": int(metrics.get("epoch", 0)),
                 "device_hours": float(metrics.get("time_total_s", 0.0)) * device_share / 3600,
-                "searched": {k: config[k] for k in (logger.baseline_point or BASELINE_POINT) if k in config},
-                "status": "error" if result.error else ("diverged" if metrics.get("diverged") else "done"),
-                "config": config,
+                "searched": {k: trial_config[k] for k in (config.space or {}) if k in trial_config},
+                "status": status,
+                "reason": metrics.get("stop_reason") or metrics.get("problem") or "",
+                "config": trial_config,
                 "checkpoint": result.checkpoint.path if result.checkpoint else None,
             }
         )
-    rows.sort(key=lambda row: -row["best_eval_pearson"] if math.isfinite(row["best_eval_pearson"]) else math.inf)
-    return {"trials": rows, "experiment_path": str(results.experiment_path)}
+    rows = rank_trials(rows)
+    return {"trials": rows, "experiment_path": str(results.experiment_path), "table": trial_table(rows)}
+
+
+def is_rankable(row: dict) -> bool:
+    """The best-trial rule: finished, with a finite eval Pearson and a logged model."""
+    return row["status"] == "done" and row["model_logged"] and math.isfinite(row["best_eval_pearson"])
+
+
+def rank_trials(rows: list[dict]) -> list[dict]:
+    """Rankable trials by best eval Pearson, then the rest (errors, divergence, no signal)."""
+    return sorted(rows, key=lambda row: (not is_rankable(row), -row["best_eval_pearson"] if is_rankable(row) else 0))
+
+
+def best_trial(rows: list[dict]) -> dict | None:
+    """The one definition of the study's best trial, used by the table, the config file, MLflow and the registry."""
+    ranked = rank_trials(rows)
+    return ranked[0] if ranked and is_rankable(ranked[0]) else None
+
+
+def trial_table(rows: list[dict]) -> list[dict]:
+    return [
+        {
+            "trial_id": row["trial_id"],
+            "run_id": row["run_id"],
+            "baseline": row["baseline"],
+            "best_eval_pearson": row["best_eval_pearson"],
+            "epochs_trained": row["epochs_trained"],
+            "device_hours": row["device_hours"],
+            "status": row["status"],
+            "reason": row["reason"],
+            **row["searched"],
+        }
+        for row in rows
+    ]
+
+
+def finish_parent_run(runs: tracking.StudyRuns, run_id: str, summary: dict, best: dict | None, config: StudyConfig):
+    """The parent run ends FINISHED with a best trial, FAILED without one; never left RUNNING."""
+    import tempfile
+
+    from search.report import optuna_figures
+
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            finished = [row for row in summary["trials"] if is_rankable(row)]
+            figures = optuna_figures(finished, config.space, Path(scratch)) if finished else {}
+            runs.finish_parent(run_id, summary, best, figures, config.register_as)
+    except BaseException as error:
+        runs.fail_parent(run_id, f"{type(error).__name__}: {error}")
+        raise
+
+
+def write_best_config(best: dict, path: Path) -> None:
+    """The best trial's config as a file `dream-hpo baseline --config` retrains."""
+    path.write_text(json.dumps(best["config"], indent=2, sort_keys=True))

@@ -1,23 +1,30 @@
-"""MLflow logging, done by the driver from what trials report.
+"""The MLflow run lifecycle of a study, in one place: experiment, parent run, trial runs, registry.
 
 Ray's own MLflow callback keeps its trial-to-run map in memory only, so a resumed
-driver would open duplicate runs. Here each run carries the study name and Ray's
-trial id as tags: a restarted driver finds the same run again, and steps already
-logged are never logged twice.
+driver would open duplicate runs. Here each run carries a key of the study's name
+and Ray's trial id as tags: a restarted driver finds the same run again, and steps
+already logged are never logged twice. Queries use only those hex keys, never text
+a user typed, so any study name works.
+
+The driver does all the logging from what trials report, and never imports
+TensorFlow: the served model is logged from code with a fixed signature.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -33,36 +40,38 @@ EPOCH_METRICS = (
     "samples_per_second",
     "epoch_seconds",
 )
+# MLflow's UI shows metrics under this prefix in a run's "System metrics" tab.
+SYSTEM_PREFIX = "system/"
 TRIAL_ID_TAG = "ray_trial_id"
 STUDY_TAG = "study"
+STUDY_KEY_TAG = "study_key"
+PARENT_TAG = "study_parent"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# MLflow's experiment kind: the UI opens such experiments on their training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """Make a relative SQLite store absolute, so Ray workers in other directories hit the same file."""
-    uri = uri or DEFAULT_TRACKING_URI
+    """MLflow's convention: the flag, else MLFLOW_TRACKING_URI, else ./mlflow.db.
+
+    A relative SQLite store is made absolute, so Ray workers in other directories hit the same file.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     return uri
 
 
-def ui_command(tracking_uri: str) -> str:
+def ui_command(tracking_uri: str, mlflow_executable: str = "mlflow") -> str:
     """The exact command a user runs to browse this store."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri} in a browser"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+    return f"{mlflow_executable} ui --backend-store-uri {tracking_uri}"
 
 
-def open_experiment(client: MlflowClient, name: str) -> str:
-    """The experiment's id, creating it with artifacts beside a local store."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_location = None
-    uri = client._tracking_client.tracking_uri
-    if uri.startswith("sqlite:///"):
-        artifact_location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
+def study_key(name: str) -> str:
+    """A hex key of the study name: safe in MLflow filter strings whatever the name holds."""
+    return hashlib.sha256(name.encode()).hexdigest()[:24]
 
 
 def git_commit() -> str:
@@ -79,160 +88,300 @@ def git_commit() -> str:
         return "unknown"
 
 
-def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]):
-    """The one run with these tags, or None."""
-    query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
-    runs = client.search_runs([experiment_id], filter_string=query, max_results=2)
-    if len(runs) > 1:
-        raise RuntimeError(f"several MLflow runs match {tags}; the store is inconsistent")
-    return runs[0] if runs else None
-
-
-def close_open_runs(client: MlflowClient, experiment_id: str, study: str, status: str = "KILLED") -> None:
-    """End the study's runs left RUNNING by Ctrl-C or a crash; a resume reopens them."""
-    query = f"tags.{STUDY_TAG} = '{study}' and attributes.status = 'RUNNING'"
-    for run in client.search_runs([experiment_id], filter_string=query):
-        if run.data.tags.get("study_parent") != "true":
-            client.set_terminated(run.info.run_id, status=status)
-
-
 def trial_number(trial) -> int:
     """Ray's 1-based creation order of a trial (its ids are random hex); the baseline is 1."""
     return int(trial.experiment_tag.split("_", 1)[0])
 
 
-class MlflowTrialLogger(tune.Callback):
-    """One MLflow run per trial, nested under the study's parent run when there is one."""
+def dataset_entity(manifest: dict, data_dir: str) -> Dataset:
+    """The prepared data as an MLflow dataset: name, digest, source and row counts."""
+    profile = {
+        "num_rows": manifest.get("count"),
+        "train_rows": manifest.get("count", 0) - manifest.get("eval_size", 0),
+        "eval_rows": manifest.get("eval_size"),
+        "split_seed": manifest.get("split_seed"),
+    }
+    schema = {"mlflow_colspec": [{"type": "string", "name": "sequence"}, {"type": "float", "name": "expression"}]}
+    return Dataset(
+        name=Path(data_dir).name,
+        digest=manifest.get("source_sha256", "unknown")[:16],
+        source_type="local",
+        source=json.dumps({"uri": str(data_dir), "source_file": manifest.get("source")}),
+        schema=json.dumps(schema),
+        profile=json.dumps(profile),
+    )
 
-    def __init__(
-        self,
-        tracking_uri: str,
-        experiment_id: str,
-        study: str,
-        baseline_point: dict,
-        data_manifest: dict,
-        parent_run_id: str | None = None,
-    ):
+
+class StudyRuns:
+    """The MLflow side of one study: find or create its runs, log to them, finish them.
+
+    Holds only strings, so the Tune callback that carries it pickles with the tuner
+    and a resumed driver gets it back.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, study: str, data_dir: str, manifest: dict):
         self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
         self.study = study
-        self.baseline_point = baseline_point
-        self.data_manifest = data_manifest
-        self.parent_run_id = parent_run_id
-        self.run_ids: dict[str, str] = {}
-        self.logged_steps: dict[str, set[int]] = {}
+        self.data_dir = data_dir
+        self.manifest = manifest
+        self.experiment_id = self._open_experiment(experiment)
 
     @property
     def client(self) -> MlflowClient:
         return MlflowClient(self.tracking_uri)
 
-    def is_baseline(self, config: dict) -> bool:
-        return all(config.get(key) == value for key, value in self.baseline_point.items())
+    def _open_experiment(self, name: str) -> str:
+        """The experiment's id, created as a model-training experiment with artifacts beside a local store."""
+        client = self.client
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            if "mlflow.experimentKind" not in experiment.tags:
+                for key, value in EXPERIMENT_KIND.items():
+                    client.set_experiment_tag(experiment.experiment_id, key, value)
+            return experiment.experiment_id
+        artifact_location = None
+        if self.tracking_uri.startswith("sqlite:///"):
+            artifact_location = (Path(self.tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+        return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+
+    def find_run(self, **tags: str):
+        """The study's one run with these (hex-valued) tags, or None."""
+        tags = {STUDY_KEY_TAG: study_key(self.study), **tags}
+        query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2)
+        if len(runs) > 1:
+            raise RuntimeError(f"several MLflow runs match {tags}; the store is inconsistent")
+        return runs[0] if runs else None
+
+    def _create_run(self, run_name: str, tags: dict, params: dict) -> str:
+        tags = {
+            STUDY_TAG: self.study,
+            STUDY_KEY_TAG: study_key(self.study),
+            "git_commit": git_commit(),
+            "driver_host": socket.gethostname(),
+            "data_sha256": self.manifest.get("source_sha256", "unknown"),
+            **tags,
+        }
+        client = self.client
+        run_id = client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
+        context = InputTag("mlflow.data.context", "training")
+        client.log_inputs(run_id, datasets=[DatasetInput(dataset_entity(self.manifest, self.data_dir), [context])])
+        return run_id
+
+    # The parent run of a search.
+
+    def open_parent(self, settings: dict, space_spec: dict) -> str:
+        """The study's parent run, reopened on resume, with the study's settings and space."""
+        run = self.find_run(**{PARENT_TAG: "true"})
+        if run is not None:
+            self.client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+        run_id = self._create_run(self.study, {PARENT_TAG: "true"}, settings)
+        self.log_json(run_id, "study/search_space.json", space_spec)
+        return run_id
+
+    def finish_parent(self, run_id: str, summary: dict, best: dict | None, figures: dict, register_as: str | None):
+        """The study's results on its parent run and the best trial's model registered.
+
+        Ends FINISHED with a best trial, FAILED (with the reason) without one.
+        """
+        client = self.client
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "trials.csv"
+            pd.DataFrame(summary["table"]).to_csv(path, index=False)
+            client.log_artifact(run_id, path, "study")
+        for name, figure_path in figures.items():
+            client.log_artifact(run_id, figure_path, "plots")
+        baseline = next((t for t in summary["trials"] if t["baseline"]), None)
+        if baseline is not None and math.isfinite(baseline["best_eval_pearson"]):
+            client.log_metric(run_id, "baseline_eval_pearson", baseline["best_eval_pearson"])
+        if best is not None:
+            self.log_json(run_id, "study/best_config.json", best["config"])
+            client.log_metric(run_id, "best_eval_pearson", best["best_eval_pearson"])
+            client.set_tag(run_id, "best_run_id", best["run_id"])
+            client.set_tag(run_id, "best_config", json.dumps(best["searched"], sort_keys=True))
+            if register_as:
+                summary["registered"] = self.register(best["run_id"], register_as)
+            client.set_terminated(run_id, status="FINISHED")
+        else:
+            self.fail_parent(run_id, "no trial finished with a finite eval Pearson and a logged model")
+
+    def fail_parent(self, run_id: str, reason: str, status: str = "FAILED") -> None:
+        self.client.set_tag(run_id, "stop_reason", reason)
+        self.client.set_terminated(run_id, status=status)
+
+    def register(self, run_id: str, name: str) -> str:
+        """Register a run's sequence-serving model; returns `models:/NAME/VERSION`."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        [model] = [m for m in self.logged_models(run_id) if m.name == serving.LOGGED_MODEL_NAME]
+        version = mlflow.register_model(model.model_uri, name)
+        return f"models:/{name}/{version.version}"
+
+    def logged_models(self, run_id: str) -> list:
+        """The models logged by a run (MLflow's LoggedModel entities)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        # run ids are 32 hex characters, never user text
+        return mlflow.search_logged_models(
+            experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
+        )
+
+    # Trial runs.
+
+    def open_trial_run(self, trial_id: str, run_name: str, tags: dict, params: dict, parent_run_id: str | None):
+        """(run id, epochs already logged): the trial's run found again, or created with its params."""
+        run = self.find_run(**{TRIAL_ID_TAG: trial_id})
+        client = self.client
+        if run is None:
+            tags = {TRIAL_ID_TAG: trial_id, **tags}
+            if parent_run_id:
+                tags["mlflow.parentRunId"] = parent_run_id
+            return self._create_run(run_name, tags, params), set()
+        if run.info.status != "RUNNING":
+            client.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id, {m.step for m in client.get_metric_history(run.info.run_id, "train_loss")}
+
+    def log_epoch(self, run_id: str, result: dict) -> None:
+        """One epoch's metrics with step=epoch and the wall-clock time the trial measured them.
+
+        Non-finite values are logged as they are (MLflow stores NaN), never replaced by numbers.
+        """
+        step = int(result["epoch"])
+        timestamp = int(result.get("epoch_end_time", time.time()) * 1000)
+        keys = [key for key in EPOCH_METRICS if key in result]
+        keys += sorted(key for key in result if key.startswith(SYSTEM_PREFIX))
+        metrics = [Metric(key, float(result[key]), timestamp, step) for key in keys]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def log_json(self, run_id: str, artifact_path: str, content) -> None:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / Path(artifact_path).name
+            path.write_text(json.dumps(content, indent=2, sort_keys=True))
+            self.client.log_artifact(run_id, path, str(Path(artifact_path).parent))
+
+    def log_trial_artifacts(self, run_id: str, config: dict, checkpoint_dir: Path) -> list[dict]:
+        """The final metrics, plots, predictions, config and the best model; returns the history."""
+        state = json.loads((checkpoint_dir / STATE_FILE).read_text())
+        client = self.client
+        final = [
+            Metric("best_eval_pearson", float(state["best_eval_pearson"]), int(time.time() * 1000), 0),
+            Metric("epochs_trained", float(state["epochs_done"]), int(time.time() * 1000), 0),
+        ]
+        if state["best_epoch"] is not None:
+            final.append(Metric("best_epoch", float(state["best_epoch"]), int(time.time() * 1000), 0))
+        client.log_batch(run_id, metrics=final)
+        self.log_json(run_id, "config/trial_config.json", config)
+        self.log_json(run_id, "data/data_manifest.json", self.manifest)
+        with tempfile.TemporaryDirectory() as scratch:
+            scratch = Path(scratch)
+            plots.training_curve(state["history"], scratch / "training_curve.png")
+            client.log_artifact(run_id, scratch / "training_curve.png", "plots")
+            if (checkpoint_dir / BEST_PREDICTIONS_FILE).exists():
+                predictions = np.load(checkpoint_dir / BEST_PREDICTIONS_FILE)
+                table = pd.DataFrame({k: predictions[k] for k in ("row", "observed", "predicted")})
+                table.to_csv(scratch / "eval_predictions.csv", index=False)
+                client.log_artifact(run_id, scratch / "eval_predictions.csv", "predictions")
+                plots.observed_vs_predicted(
+                    table["observed"].to_numpy(),
+                    table["predicted"].to_numpy(),
+                    scratch / "observed_vs_predicted.png",
+                    title=f"best epoch {state['best_epoch']}",
+                )
+                client.log_artifact(run_id, scratch / "observed_vs_predicted.png", "plots")
+        if (checkpoint_dir / BEST_MODEL_FILE).exists():
+            serving.log_sequence_model(run_id, checkpoint_dir / BEST_MODEL_FILE)
+            client.set_tag(run_id, "model_logged", "true")
+        return state["history"]
+
+    def finish_run(self, run_id: str, status: str, reason: str | None = None) -> None:
+        if reason:
+            self.client.set_tag(run_id, "stop_reason", reason)
+        self.client.set_terminated(run_id, status=status)
+
+    def close_open_runs(self, status: str = "KILLED") -> None:
+        """End the study's trial runs left RUNNING by Ctrl-C or a crash; a resume reopens them."""
+        query = f"tags.{STUDY_KEY_TAG} = '{study_key(self.study)}' and attributes.status = 'RUNNING'"
+        client = self.client
+        for run in client.search_runs([self.experiment_id], filter_string=query):
+            if run.data.tags.get(PARENT_TAG) != "true":
+                client.set_terminated(run.info.run_id, status=status)
+
+
+class MlflowTrialLogger(tune.Callback):
+    """One MLflow run per trial, nested under the study's parent run when there is one.
+
+    `describe_trial(config)` names and tags a trial's run from its config (the study
+    decides what the baseline is); `params(config)` gives the params it logs.
+    """
+
+    def __init__(self, runs: StudyRuns, describe_trial, params, parent_run_id: str | None = None):
+        self.runs = runs
+        self.describe_trial = describe_trial
+        self.params = params
+        self.parent_run_id = parent_run_id
+        self.run_ids: dict[str, str] = {}
+        self.logged_steps: dict[str, set[int]] = {}
 
     def run_id(self, trial) -> str:
         """Find the trial's run (a resumed driver) or create it (a new trial)."""
-        if trial.trial_id in self.run_ids:
-            return self.run_ids[trial.trial_id]
-        client = self.client
-        tags = {STUDY_TAG: self.study, TRIAL_ID_TAG: trial.trial_id}
-        run = find_run(client, self.experiment_id, tags)
-        if run is None:
-            config = {k: v for k, v in trial.config.items() if k != "data_dir"}
-            baseline = self.is_baseline(config)
-            number = trial_number(trial)
-            tags.update(
-                trial_number=str(number),
-                baseline=str(baseline).lower(),
-                git_commit=git_commit(),
-                driver_host=socket.gethostname(),
-                data_sha256=self.data_manifest.get("source_sha256", "unknown"),
+        if trial.trial_id not in self.run_ids:
+            config = trial_config(trial)
+            run_name, tags = self.describe_trial(config, trial_number(trial))
+            run_id, logged = self.runs.open_trial_run(
+                trial.trial_id, run_name, tags, self.params(config), self.parent_run_id
             )
-            if self.parent_run_id:
-                tags["mlflow.parentRunId"] = self.parent_run_id
-            run = client.create_run(
-                self.experiment_id, tags=tags, run_name="baseline" if baseline else f"trial-{number}"
-            )
-            client.log_batch(
-                run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(config.items())]
-            )
-            self.logged_steps[run.info.run_id] = set()
-        else:
-            if run.info.status != "RUNNING":
-                client.update_run(run.info.run_id, status="RUNNING")
-            self.logged_steps[run.info.run_id] = {
-                m.step for m in client.get_metric_history(run.info.run_id, "eval_pearson")
-            }
-        self.run_ids[trial.trial_id] = run.info.run_id
-        return run.info.run_id
+            self.run_ids[trial.trial_id] = run_id
+            self.logged_steps[run_id] = logged
+        return self.run_ids[trial.trial_id]
 
     def log_epoch(self, run_id: str, result: dict) -> None:
-        """Log one epoch's metrics with step=epoch, once."""
         step = int(result["epoch"])
-        if step in self.logged_steps[run_id]:
-            return
-        metrics = [
-            Metric(key, float(result[key]), 0, step)
-            for key in EPOCH_METRICS
-            if key in result and math.isfinite(float(result[key]))
-        ]
-        self.client.log_batch(run_id, metrics=metrics)
-        self.logged_steps[run_id].add(step)
+        if step not in self.logged_steps[run_id]:
+            self.runs.log_epoch(run_id, result)
+            self.logged_steps[run_id].add(step)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_id(trial)  # the run appears, RUNNING, as soon as the trial starts
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_id(trial)
-        client = self.client
-        if result.get("diverged"):
-            client.set_tag(run_id, "stop_reason", result.get("stop_reason", "diverged"))
-            return
-        if not self.logged_steps[run_id]:
+        client = self.runs.client
+        if not self.logged_steps[run_id] and "derived" in result:
             client.set_tag(run_id, "worker_host", result.get("hostname", "unknown"))
             client.set_tag(run_id, "hardware", result.get("hardware", "unknown"))
+            existing = client.get_run(run_id).data.params
+            derived = {k: v for k, v in result["derived"].items() if k not in existing}
+            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(derived.items())])
+        if result.get("problem"):
+            client.set_tag(run_id, "stop_reason", result["problem"])
         self.log_epoch(run_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
-        diverged = bool((trial.last_result or {}).get("diverged"))
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as directory:
-                self.log_trial_artifacts(run_id, trial, Path(directory))
-        self.client.set_terminated(run_id, status="FAILED" if diverged else "FINISHED")
+                for epoch_metrics in self.runs.log_trial_artifacts(run_id, trial_config(trial), Path(directory)):
+                    self.log_epoch(run_id, epoch_metrics)
+        last = trial.last_result or {}
+        failed = bool(last.get("diverged"))
+        self.runs.finish_run(run_id, "FAILED" if failed else "FINISHED", last.get("stop_reason"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self.run_id(trial)
-        self.client.set_tag(run_id, "stop_reason", f"error: {trial.error_file or 'see Ray logs'}")
-        self.client.set_terminated(run_id, status="FAILED")
+        self.runs.finish_run(self.run_id(trial), "FAILED", f"error: {error_summary(trial)}")
 
-    def log_trial_artifacts(self, run_id: str, trial, checkpoint_dir: Path) -> None:
-        """Backfill missed epochs, then the plots, predictions, config and best model."""
-        state = json.loads((checkpoint_dir / STATE_FILE).read_text())
-        for epoch_metrics in state["history"]:
-            self.log_epoch(run_id, epoch_metrics)
-        client = self.client
-        client.log_metric(run_id, "best_eval_pearson", state["best_eval_pearson"])
-        client.log_metric(run_id, "best_epoch", state["best_epoch"])
-        client.log_metric(run_id, "epochs_trained", state["epochs_done"])
-        config = {k: v for k, v in trial.config.items() if k != "data_dir"}
-        with tempfile.TemporaryDirectory() as scratch:
-            scratch = Path(scratch)
-            (scratch / "trial_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-            client.log_artifact(run_id, scratch / "trial_config.json", "config")
-            (scratch / "data_manifest.json").write_text(json.dumps(self.data_manifest, indent=2))
-            client.log_artifact(run_id, scratch / "data_manifest.json", "data")
-            plots.training_curve(state["history"], scratch / "training_curve.png")
-            client.log_artifact(run_id, scratch / "training_curve.png", "plots")
-            predictions = np.load(checkpoint_dir / BEST_PREDICTIONS_FILE)
-            table = pd.DataFrame({k: predictions[k] for k in ("row", "observed", "predicted")})
-            table.to_csv(scratch / "eval_predictions.csv", index=False)
-            client.log_artifact(run_id, scratch / "eval_predictions.csv", "predictions")
-            plots.observed_vs_predicted(
-                table["observed"].to_numpy(),
-                table["predicted"].to_numpy(),
-                scratch / "observed_vs_predicted.png",
-                title=f"best epoch {state['best_epoch']}",
-            )
-            client.log_artifact(run_id, scratch / "observed_vs_predicted.png", "plots")
-        serving.log_sequence_model(run_id, checkpoint_dir / BEST_MODEL_FILE)
-        serving.log_keras_flavour(run_id, checkpoint_dir / BEST_MODEL_FILE)
+
+def trial_config(trial) -> dict:
+    return {k: v for k, v in (trial.config or {}).items() if k != "data_dir"}
+
+
+def error_summary(trial) -> str:
+    """The last line of a failed trial's error (the exception itself), and where the full trace is."""
+    text = ""
+    if trial.error_file and Path(trial.error_file).exists():
+        lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+        text = lines[-1].strip() if lines else ""
+    return f"{text or 'see the Ray logs'} (trace: {trial.error_file})"

@@ -25,6 +25,10 @@ RNG_FILE = "rng_state.npz"
 BEST_MODEL_FILE = "best_model.keras"
 BEST_PREDICTIONS_FILE = "best_eval_predictions.npz"
 SEARCH_METRIC = "eval_pearson"
+# What Ray Tune's scheduler and Optuna rank on: eval Pearson where it is a number, and
+# below any correlation where it is not (constant or non-finite predictions), so such
+# trials rank last. MLflow gets the metric itself, NaN included.
+TUNE_METRIC = "search_score"
 
 
 def split_trial_config(config: dict):
@@ -42,7 +46,10 @@ def _seed_generator_variables(model):
 
 
 def evaluate(training_model, data, batch_size: int) -> tuple[dict, np.ndarray]:
-    """Whole-eval-split metrics (not per-batch means) and the predictions, unshifted window."""
+    """Whole-eval-split metrics (not per-batch means) and the predictions, unshifted window.
+
+    Metrics of constant or non-finite predictions stay NaN; `prediction_problem` says why.
+    """
     from data_prep.encoding import window
     from model.metrics import mse, pearson, poisson, spearman
 
@@ -56,6 +63,15 @@ def evaluate(training_model, data, batch_size: int) -> tuple[dict, np.ndarray]:
         "eval_poisson": poisson(observed, predicted),
     }
     return metrics, predicted
+
+
+def prediction_problem(predicted: np.ndarray) -> str | None:
+    """Why eval predictions carry no signal, or None when they do."""
+    if not np.all(np.isfinite(predicted)):
+        return f"{int(np.sum(~np.isfinite(predicted)))} of {predicted.size} eval predictions are not finite"
+    if predicted.size and np.ptp(predicted) == 0:
+        return f"all eval predictions are the constant {float(predicted[0]):.6g}"
+    return None
 
 
 class TrialState:
@@ -96,8 +112,18 @@ def train_trial(config: dict) -> None:
     compile_for_training(training_model, train_config)
     training_model.optimizer.build(training_model.trainable_variables)
     core = core_model(training_model)
+    from model.mini_enformer import tower_filters
+
+    derived = {
+        "trainable_parameters": int(sum(np.prod(v.shape) for v in training_model.trainable_variables)),
+        "conv_tower_filters": "/".join(str(f) for f in tower_filters(model_config.channels, model_config.tower_blocks)),
+        "resolved_mixed_precision": policy,
+        "resolved_jit_compile": bool(training_model.jit_compile),
+    }
 
     batch_size = min(train_config.batch_size, len(data.train_index))
+    derived["resolved_batch_size"] = batch_size
+    hardware = f"{devices.describe()}, {policy}, XLA {'on' if training_model.jit_compile else 'off'}"
     train_batches = CodeBatches(
         WindowBatches(data.codes, data.targets, data.train_index, batch_size, train_config.seed, augment=True)
     )
@@ -129,29 +155,25 @@ def train_trial(config: dict) -> None:
         epoch_seconds = time.perf_counter() - started
         train_loss = float(fit.history["loss"][-1])
         if not math.isfinite(train_loss):
+            reason = f"diverged: train loss {train_loss} at epoch {epoch + 1}"
             tune.report(
-                {
-                    "epoch": epoch + 1,
-                    "train_loss": train_loss,
-                    SEARCH_METRIC: 0.0,
-                    "diverged": 1,
-                    "stop_reason": f"diverged: train loss {train_loss} at epoch {epoch + 1}",
-                }
+                {"epoch": epoch + 1, "train_loss": train_loss, TUNE_METRIC: -1.0, "diverged": 1, "stop_reason": reason}
             )
             return
         metrics, predicted = evaluate(training_model, data, batch_size)
-        metrics = {k: (v if math.isfinite(v) else 0.0) for k, v in metrics.items()}
+        problem = prediction_problem(predicted)
         metrics.update(
             epoch=epoch + 1,
+            epoch_end_time=time.time(),
             train_loss=train_loss,
             epoch_seconds=epoch_seconds,
             samples_per_second=len(data.train_index) / epoch_seconds,
-            diverged=0,
-            hardware=f"{devices.describe()}, {policy}, XLA {'on' if training_model.jit_compile else 'off'}",
+            **{f"system/{key}": value for key, value in devices.system_figures().items()},
         )
+        metrics["system/samples_per_second"] = metrics["samples_per_second"]
         state.history.append(metrics)
         state.epochs_done = epoch + 1
-        if metrics[SEARCH_METRIC] > state.best_eval_pearson:
+        if math.isfinite(metrics[SEARCH_METRIC]) and metrics[SEARCH_METRIC] > state.best_eval_pearson:
             state.best_epoch, state.best_eval_pearson = epoch + 1, metrics[SEARCH_METRIC]
             best_files = _best_epoch_files(core, data, predicted, save_model)
         with tempfile.TemporaryDirectory() as directory:
@@ -164,8 +186,18 @@ def train_trial(config: dict) -> None:
             (directory / STATE_FILE).write_text(state.to_json())
             for name, content in best_files.items():
                 (directory / name).write_bytes(content)
+            score = metrics[SEARCH_METRIC] if math.isfinite(metrics[SEARCH_METRIC]) else -1.0
             tune.report(
-                dict(metrics, best_eval_pearson=state.best_eval_pearson, best_epoch=state.best_epoch),
+                dict(
+                    metrics,
+                    best_eval_pearson=state.best_eval_pearson,
+                    best_epoch=state.best_epoch,
+                    derived=derived,
+                    problem=problem or "",
+                    diverged=0,
+                    hardware=hardware,
+                    **{TUNE_METRIC: score},
+                ),
                 checkpoint=tune.Checkpoint.from_directory(directory),
             )
 

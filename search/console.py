@@ -1,0 +1,106 @@
+"""What a person watching a study sees: one header, one line per trial epoch, the events that matter.
+
+Ray Tune's own table reporter and every worker's TensorFlow/CUDA/absl output are
+off by default (`--verbose` brings Ray's reporter and the workers' output back);
+this callback prints the study's own progress from the driver instead.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from ray import tune
+
+
+def duration(seconds: float) -> str:
+    """12s, 4m05s, 2h07m."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class ConsoleReporter(tune.Callback):
+    """Per-epoch lines with the study's estimated time left; early stops, divergence, failures, retries.
+
+    The time left is an upper bound: every trial not yet finished is assumed to train
+    to the last epoch at the study's mean epoch time, spread over the trials running at once.
+    """
+
+    def __init__(self, num_trials: int, max_epochs: int, is_baseline, out=print):
+        self.num_trials = num_trials
+        self.max_epochs = max_epochs
+        self.is_baseline = is_baseline
+        self.out = out
+        self.started = time.monotonic()
+        self.epochs_seen: dict[str, int] = {}
+        self.finished: set[str] = set()
+        self.epoch_seconds: list[float] = []
+
+    def __getstate__(self):
+        # Pickled with the tuner for --resume; `out` may be a closure that does not pickle.
+        return {**self.__dict__, "out": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.out = self.out or print
+        self.started = time.monotonic()
+
+    def _label(self, trial) -> str:
+        from search.tracking import trial_config, trial_number
+
+        baseline = " [baseline]" if self.is_baseline(trial_config(trial)) else ""
+        return f"trial {trial_number(trial)}/{self.num_trials}{baseline}"
+
+    def _time_left(self, trials) -> float:
+        if not self.epoch_seconds:
+            return math.nan
+        running = max(1, sum(1 for trial in trials if trial.status == "RUNNING"))
+        remaining = sum(
+            self.max_epochs - self.epochs_seen.get(trial.trial_id, 0)
+            for trial in trials
+            if trial.trial_id not in self.finished
+        )
+        remaining += (self.num_trials - len(trials)) * self.max_epochs
+        return remaining * (sum(self.epoch_seconds) / len(self.epoch_seconds)) / running
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        epoch = int(result.get("epoch", 0))
+        self.epochs_seen[trial.trial_id] = epoch
+        if result.get("diverged"):
+            self.out(f"{self._label(trial)}  stopped: {result.get('stop_reason', 'diverged')}")
+            return
+        self.epoch_seconds.append(float(result.get("epoch_seconds", 0.0)))
+        problem = f"  ({result['problem']})" if result.get("problem") else ""
+        self.out(
+            f"{self._label(trial)}  epoch {epoch}/{self.max_epochs}  "
+            f"loss {result.get('train_loss', math.nan):.4f}  eval r {result.get('eval_pearson', math.nan):.4f}  "
+            f"{result.get('samples_per_second', 0):,.0f} samples/s  "
+            f"elapsed {duration(time.monotonic() - self.started)}  "
+            f"left <= {duration(self._time_left(trials))}{problem}"
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished.add(trial.trial_id)
+        epochs = self.epochs_seen.get(trial.trial_id, 0)
+        last = trial.last_result or {}
+        if not last.get("diverged") and epochs < self.max_epochs:
+            self.out(f"{self._label(trial)}  stopped early by ASHA after epoch {epochs}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        from search.tracking import error_summary
+
+        self.finished.add(trial.trial_id)
+        self.out(f"{self._label(trial)}  FAILED: {error_summary(trial)}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        print(
+            f"warning: {self._label(trial)} failed (a lost worker?) and is retried from its last checkpoint",
+            file=sys.stderr,
+        )
