@@ -114,15 +114,20 @@ def print_ui_hint(args) -> None:
     print(f"\nbrowse the results: {ui_command(resolve_tracking_uri(args.tracking_uri), mlflow_executable())}")
 
 
+def given(value, default):
+    """The flag's value when the user gave one (0 included, so it is checked, not replaced), else the default."""
+    return default if value is None else value
+
+
 def cmd_baseline(args) -> int:
     from search.report import print_trial_table
     from search.study import run_study
 
     defaults = QUICK if args.quick else EMBEDDED
     data_dir = resolve_data(args, defaults)
-    fixed = {"seed": args.seed, "epochs": args.epochs or defaults["epochs"]}
-    if args.quick or args.batch_size:
-        fixed["batch_size"] = args.batch_size or defaults["batch_size"]
+    fixed = {"seed": args.seed, "epochs": given(args.epochs, defaults["epochs"])}
+    if args.quick or args.batch_size is not None:
+        fixed["batch_size"] = given(args.batch_size, defaults["batch_size"])
     overrides = {**(load_trial_config(args.config) if args.config else {}), **dict(args.set)}
     for key in ("epochs", "seed", "batch_size"):
         # the command's own flags decide these, whatever the config file trained with
@@ -151,9 +156,9 @@ def cmd_search(args) -> int:
     space = load_space(args.space)
     defaults = QUICK_SEARCH if args.quick else EMBEDDED
     data_dir = resolve_data(args, defaults)
-    fixed = {"epochs": args.max_epochs or defaults["epochs"], "seed": args.seed}
-    if "batch_size" not in space and (args.quick or args.batch_size):
-        fixed["batch_size"] = args.batch_size or defaults["batch_size"]
+    fixed = {"epochs": given(args.max_epochs, defaults["epochs"]), "seed": args.seed}
+    if "batch_size" not in space and (args.quick or args.batch_size is not None):
+        fixed["batch_size"] = given(args.batch_size, defaults["batch_size"])
     fixed.update(dict(args.set))
     config = study_config(
         args,
@@ -161,8 +166,8 @@ def cmd_search(args) -> int:
         data_dir,
         fixed,
         space=space,
-        num_trials=args.num_trials or defaults.get("num_trials", 20),
-        max_concurrent=args.max_concurrent or defaults.get("max_concurrent"),
+        num_trials=given(args.num_trials, defaults.get("num_trials", 20)),
+        max_concurrent=given(args.max_concurrent, defaults.get("max_concurrent")),
         scheduler=args.scheduler,
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,

@@ -14,14 +14,6 @@ from pathlib import Path
 
 import yaml
 
-# The seed's 192/5/4/4 with lr 0.01, on the default space's fields (the config defaults).
-BASELINE_POINT = {
-    "channels": 192,
-    "stem_width": 5,
-    "tower_width": 4,
-    "transformer_layers": 4,
-    "learning_rate": 0.01,
-}
 # Config fields a study sets for all its trials, with the flag that sets them.
 STUDY_FIELDS = {"epochs": "--max-epochs", "seed": "--seed"}
 

@@ -226,20 +226,26 @@ def connect_ray(address: str | None, backend: str = "tensorflow", verbose: bool 
 LOCAL_NODE_IP = "127.0.0.2"
 
 
-def _quiet_ray_tune() -> None:
-    """Ray Tune's info messages (result paths, TensorBoard hints) are for --verbose."""
-    for name in ("ray", "ray.tune", "ray.train"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+def quiet_driver() -> None:
+    """Ray Tune's and MLflow's info messages (result paths, TensorBoard hints, download bars) are for --verbose."""
+    import warnings
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    for name in ("ray", "ray.tune", "ray.train", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="optuna")
+    warnings.filterwarnings("ignore", message=".*is experimental.*")
 
 
 def run_study(config: StudyConfig, progress=print) -> dict:
     """Run (or resume) the study and return a summary of its trials, best first."""
     manifest = check_study(config)
+    if not config.verbose:
+        quiet_driver()
     from ray import tune
 
     connect_ray(config.address, config.backend, config.verbose)
-    if not config.verbose:
-        _quiet_ray_tune()
     gpus = config.gpus_per_trial if config.gpus_per_trial is not None else cluster.default_gpus_per_trial()
     cluster.check_storage(storage_path(config), config.shared_storage, {"CPU": config.cpus_per_trial, "GPU": gpus})
     cluster.warn_if_no_gpus(gpus)

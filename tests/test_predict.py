@@ -379,7 +379,6 @@ def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from search.report import register_best_model
     from search.serving import log_sequence_model
 
     _, sequences = sequences_file
@@ -389,8 +388,8 @@ def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
     client = MlflowClient(tracking_uri)
     experiment = mlflow.set_experiment("tests")
     run_id = client.create_run(experiment.experiment_id).info.run_id
-    log_sequence_model(run_id, keras_file)
-    registered = register_best_model(client, run_id, "tests-served")
+    info = log_sequence_model(run_id, keras_file)
+    registered = f"models:/tests-served/{mlflow.register_model(info.model_uri, 'tests-served').version}"
     assert registered == "models:/tests-served/1"
 
     pyfunc = mlflow.pyfunc.load_model(registered)

@@ -13,7 +13,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.space import BASELINE_POINT, SpaceError, load_space, parse_space
+from search.space import SpaceError, load_space, parse_space
+
+# The seed's values of the default space's fields: 192/5/4/4 at learning rate 0.01.
+SEED_POINT = {"channels": 192, "stem_width": 5, "tower_width": 4, "transformer_layers": 4, "learning_rate": 0.01}
 
 # Around the baseline but small enough for CPU tests; the baseline must lie inside.
 SMALL_SPACE = {
@@ -76,8 +79,12 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
     assert sorted(int(c.data.tags["trial_number"]) for c in children) == [1, 2, 3, 4, 5, 6]
     [first] = [c for c in children if c.data.tags["trial_number"] == "1"]
     assert first.data.tags["baseline"] == "true" and first.info.run_name == "baseline"
-    assert {k: float(first.data.params[k]) for k in BASELINE_POINT} == {k: float(v) for k, v in BASELINE_POINT.items()}
+    assert {k: float(first.data.params[k]) for k in SEED_POINT} == {k: float(v) for k, v in SEED_POINT.items()}
     assert sum(c.data.tags["baseline"] == "true" for c in children) == 1
+    # Every run has every config field and the derived facts, searched or not: the compare view lines up.
+    keys = {frozenset(c.data.params) for c in children}
+    assert len(keys) == 1
+    assert {"optimizer", "momentum", "num_heads", "attention_dropout", "trainable_parameters"} <= set(next(iter(keys)))
 
     best = trials[0]
     assert best["best_eval_pearson"] == max(t["best_eval_pearson"] for t in trials)
@@ -112,7 +119,7 @@ def test_bad_space_files_are_rejected_with_what_to_change(tmp_path):
 
     indivisible = tmp_path / "indivisible.toml"
     indivisible.write_text('[channels]\ntype = "categorical"\nchoices = [192, 200]\n')
-    with pytest.raises(SpaceError, match=r"'channels' allows 200, which makes an invalid config"):
+    with pytest.raises(SpaceError, match=r"the point channels=200 makes an invalid config"):
         load_space(indivisible)
 
     unknown = tmp_path / "unknown.yaml"
