@@ -133,6 +133,7 @@ def cmd_baseline(args) -> int:
         # the command's own flags decide these, whatever the config file trained with
         if key in fixed:
             overrides.pop(key, None)
+
     config = study_config(
         args,
         "baseline",

@@ -33,10 +33,11 @@ class ConsoleReporter(tune.Callback):
     to the last epoch at the study's mean epoch time, spread over the trials running at once.
     """
 
-    def __init__(self, num_trials: int, max_epochs: int, is_baseline, out=print):
+    def __init__(self, num_trials: int, max_epochs: int, searched: bool, fixed: dict, out=print):
+        self.searched = searched
         self.num_trials = num_trials
         self.max_epochs = max_epochs
-        self.is_baseline = is_baseline
+        self.fixed = fixed
         self.out = out
         self.started = time.monotonic()
         self.epochs_seen: dict[str, int] = {}
@@ -53,10 +54,11 @@ class ConsoleReporter(tune.Callback):
         self.started = time.monotonic()
 
     def _label(self, trial) -> str:
+        from search.space import is_baseline
         from search.tracking import trial_config, trial_number
 
-        baseline = " [baseline]" if self.is_baseline(trial_config(trial)) else ""
-        return f"trial {trial_number(trial)}/{self.num_trials}{baseline}"
+        baseline = " [baseline]" if is_baseline(trial_config(trial), self.fixed) else ""
+        return f"trial {trial_number(trial, self.searched)}/{self.num_trials}{baseline}"
 
     def _time_left(self, trials) -> float:
         if not self.epoch_seconds:

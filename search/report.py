@@ -12,13 +12,13 @@ def print_trial_table(summary: dict, top: int = 10, out=print) -> None:
     reference = baseline["best_eval_pearson"] if baseline else math.nan
     out(f"{'rank':>4}  {'trial':<12} {'eval r':>7} {'vs base':>8} {'epochs':>6} {'hours':>7}  status     config")
     for rank, trial in enumerate(trials[:top], start=1):
-        delta = trial["best_eval_pearson"] - reference
+        delta = f"{trial['best_eval_pearson'] - reference:>+8.4f}" if math.isfinite(reference) else f"{'-':>8}"
         config = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["searched"].items())
         shown_rank = str(rank) if trial["status"] == "done" else "-"
         reason = f"  ({trial['reason']})" if trial["status"] != "done" and trial["reason"] else ""
         out(
             f"{shown_rank:>4}  {(trial['trial_id'] or '?'):<12} {trial['best_eval_pearson']:>7.4f} "
-            f"{delta:>+8.4f} {trial['epochs_trained']:>6} {trial['device_hours']:>7.3f}  "
+            f"{delta} {trial['epochs_trained']:>6} {trial['device_hours']:>7.3f}  "
             f"{trial['status']:<9}  {'[baseline] ' if trial['baseline'] else ''}{config}{reason}"
         )
 

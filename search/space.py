@@ -16,6 +16,8 @@ import yaml
 
 # Config fields a study sets for all its trials, with the flag that sets them.
 STUDY_FIELDS = {"epochs": "--max-epochs", "seed": "--seed"}
+# How a trial runs, not what it computes: setting them keeps a run the baseline.
+EXECUTION_FIELDS = ("jit_compile", "mixed_precision")
 
 DEFAULT_SPACE = {
     "channels": {"type": "int", "low": 96, "high": 384, "step": 48},
@@ -173,8 +175,18 @@ def baseline_config(fixed: dict) -> dict:
 
 
 def is_baseline(config: dict, fixed: dict) -> bool:
-    """Whether a trial's config (defaults filled in) is the study's baseline."""
-    return {**seed_config(), **config} == baseline_config(fixed)
+    """Whether a trial's config (defaults filled in) is the study's baseline; XLA and precision aside."""
+    return not changed_fields(config, fixed)
+
+
+def changed_fields(config: dict, fixed: dict) -> dict:
+    """The fields where a trial's config differs from the study's baseline, execution settings aside."""
+    baseline = baseline_config(fixed)
+    return {
+        key: value
+        for key, value in {**seed_config(), **config}.items()
+        if key not in EXECUTION_FIELDS and baseline.get(key) != value
+    }
 
 
 def baseline_point(space: dict[str, Parameter], fixed: dict) -> dict:

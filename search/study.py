@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from search import cluster, tracking
-from search.space import Parameter, baseline_config, baseline_point, check_space, is_baseline
+from search.space import Parameter, baseline_config, baseline_point, changed_fields, check_space, is_baseline
 from search.trainable import TUNE_METRIC
 
 BACKENDS = ("tensorflow", "jax")
@@ -232,6 +232,7 @@ def quiet_driver() -> None:
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
     for name in ("ray", "ray.tune", "ray.train", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="optuna")
@@ -313,7 +314,6 @@ class TrialNaming:
         self.fixed = dict(config.fixed)
         self.search = bool(config.space)
         self.derived_from = config.derived_from
-        self.overrides = dict(config.overrides)
 
     def __call__(self, trial_config: dict, number: int) -> tuple[str, dict]:
         if is_baseline(trial_config, self.fixed):
@@ -327,8 +327,7 @@ class TrialNaming:
                 "run_kind": "retrain",
                 "derived_from": self.derived_from,
             }
-        changed = {k: v for k, v in self.overrides.items() if baseline_config(self.fixed).get(k) != v}
-        shown = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
+        shown = ",".join(f"{k}={v}" for k, v in sorted(changed_fields(trial_config, self.fixed).items()))
         return f"baseline+{shown}", {**tags, "run_kind": "variant", "derived_from": f"baseline --set {shown}"}
 
 
@@ -343,8 +342,7 @@ def trial_params(trial_config: dict) -> dict:
 def console_reporter(config: StudyConfig, progress):
     from search.console import ConsoleReporter
 
-    fixed = dict(config.fixed)
-    return ConsoleReporter(config.num_trials, config.max_epochs, lambda c: is_baseline(c, fixed), progress)
+    return ConsoleReporter(config.num_trials, config.max_epochs, bool(config.space), dict(config.fixed), progress)
 
 
 def header(config: StudyConfig, gpus: float, tracking_uri: str) -> str:

@@ -88,9 +88,12 @@ def git_commit() -> str:
         return "unknown"
 
 
-def trial_number(trial) -> int:
-    """Ray's 1-based creation order of a trial (its ids are random hex); the baseline is 1."""
-    return int(trial.experiment_tag.split("_", 1)[0])
+def trial_number(trial, searched: bool) -> int:
+    """A trial's 1-based creation order; the baseline is 1.
+
+    Ray numbers a search algorithm's trials from 1 and a plain one-trial study's from 0.
+    """
+    return int(trial.experiment_tag.split("_", 1)[0]) + (0 if searched else 1)
 
 
 def dataset_entity(manifest: dict, data_dir: str) -> Dataset:
@@ -320,6 +323,7 @@ class MlflowTrialLogger(tune.Callback):
 
     def __init__(self, runs: StudyRuns, describe_trial, params, parent_run_id: str | None = None):
         self.runs = runs
+        self.searched = parent_run_id is not None
         self.describe_trial = describe_trial
         self.params = params
         self.parent_run_id = parent_run_id
@@ -330,7 +334,7 @@ class MlflowTrialLogger(tune.Callback):
         """Find the trial's run (a resumed driver) or create it (a new trial)."""
         if trial.trial_id not in self.run_ids:
             config = trial_config(trial)
-            run_name, tags = self.describe_trial(config, trial_number(trial))
+            run_name, tags = self.describe_trial(config, trial_number(trial, self.searched))
             run_id, logged = self.runs.open_trial_run(
                 trial.trial_id, run_name, tags, self.params(config), self.parent_run_id
             )
