@@ -71,10 +71,8 @@ def prepare(
             with contextlib.suppress(OSError):
                 directory.rmdir()
         if isinstance(error, OSError):
-            where = f" ({error.filename})" if error.filename else ""
             raise type(error)(
-                f"{out_dir}: cannot write the prepared data: {error.strerror or error}{where}; "
-                "the partial output was removed"
+                f"{out_dir}: cannot write the prepared data: {error.strerror or error}; the partial output was removed"
             ) from None
         raise
     return manifest
