@@ -1,9 +1,11 @@
 """Turn a DREAM training file into the arrays every trial memory-maps.
 
 A prepared directory holds `codes.npy` (uint8, n x 110), `targets.npy` (float32),
-`train_index.npy` / `eval_index.npy` (the fixed split) and `manifest.json`. It is
-built in a temporary directory beside the target and renamed into place only when
-complete, so a failure leaves nothing half-written.
+`train_index.npy` / `eval_index.npy` (the fixed split) and `manifest.json`, which
+states each array's file, dtype and shape. It is built in a temporary directory
+beside the target and renamed into place only when complete, so a failure leaves
+nothing half-written. `check_prepared` verifies a directory against its manifest
+before anything trains on it.
 """
 
 from __future__ import annotations
