@@ -92,7 +92,7 @@ def check_output_directory(out_dir: Path, overwrite: bool) -> set[str] | None:
     if resolved == working or resolved in working.parents:
         raise FileExistsError(f"--out {out_dir} is the working directory or holds it; give a new directory")
     if out_dir.is_symlink() or not out_dir.is_dir():
-        raise FileExistsError(f"--out {out_dir} exists and is not a directory; give a new directory")
+        raise FileExistsError(f"--out {out_dir} exists and is not a plain directory; give a new directory")
     entries = {entry.name for entry in out_dir.iterdir()}
     if not entries:
         return None
@@ -286,7 +286,9 @@ def check_prepared(directory) -> dict:
         )
     expected = array_layout(count, train_size, eval_size)
     if manifest.get("arrays") != expected:
-        raise PreparedDataError(f"{manifest_path}: arrays is {manifest.get('arrays')!r}; for its counts it must be {expected}")
+        raise PreparedDataError(
+            f"{manifest_path}: arrays is {manifest.get('arrays')!r}; for its counts it must be {expected}"
+        )
     for spec in expected.values():
         _check_npy(directory / spec["file"], np.dtype(spec["dtype"]), tuple(spec["shape"]))
     _check_values(directory, count)

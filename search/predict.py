@@ -92,7 +92,9 @@ def predict_file(
     format = output_format(out, format)
     check_output_path(out)
     if Path(out).exists() and Path(sequences).exists() and os.path.samefile(out, sequences):
-        raise ValueError(f"--out {out} is the --sequences file; give another file name, predict never overwrites its input")
+        raise ValueError(
+            f"--out {out} is the --sequences file; give another file name, predict never overwrites its input"
+        )
     model = resolve_model(model)
     check_store(model, tracking_uri)
     test = read_test_sequences(sequences, progress=_stage(progress, f"read {Path(sequences).name}"))

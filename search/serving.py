@@ -63,12 +63,15 @@ def sequence_column(model_input) -> list[str]:
 
     if not isinstance(model_input, pd.DataFrame) or SEQUENCE_COLUMN not in model_input.columns:
         found = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
-        raise MlflowException.invalid_parameter_value(f"expected a DataFrame with a '{SEQUENCE_COLUMN}' column; got {found}")
+        raise MlflowException.invalid_parameter_value(
+            f"expected a DataFrame with a '{SEQUENCE_COLUMN}' column; got {found}"
+        )
     sequences = model_input[SEQUENCE_COLUMN].tolist()
     for row, sequence in enumerate(sequences):
         if not isinstance(sequence, str) or not sequence:
             raise MlflowException.invalid_parameter_value(
-                f"row {row + 1}: {sequence!r} is not a DNA sequence; every row needs a non-empty string of A, C, G, T, N"
+                f"row {row + 1}: {sequence!r} is not a DNA sequence; "
+                "every row needs a non-empty string of A, C, G, T, N"
             )
     try:
         encode_sequences(sequences)

@@ -200,7 +200,7 @@ def a_file(path: Path) -> Path:
         (prepared_plus_a_file, "is not a prepared data directory (it also holds results.csv)"),
         (arrays_without_manifest, f"is not a prepared data directory (it holds codes.npy and no readable {MANIFEST})"),
         (manifest_without_arrays, f"is not a prepared data directory (targets.npy named by its {MANIFEST} missing)"),
-        (a_file, "exists and is not a directory"),
+        (a_file, "exists and is not a plain directory"),
     ],
     ids=["user files", "prepared plus a file", "arrays without manifest", "manifest without its arrays", "a file"],
 )
