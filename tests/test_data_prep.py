@@ -193,6 +193,12 @@ def a_file(path: Path) -> Path:
     return path
 
 
+def link_to_prepared(path: Path) -> Path:
+    prepare(write_synthetic(path.parent / "small.txt", 50, seed=1), path.parent / "real", eval_size=5)
+    path.symlink_to(path.parent / "real")
+    return path
+
+
 @pytest.mark.parametrize(
     "make, fragment",
     [
@@ -201,8 +207,12 @@ def a_file(path: Path) -> Path:
         (arrays_without_manifest, f"is not a prepared data directory (it holds codes.npy and no readable {MANIFEST})"),
         (manifest_without_arrays, f"is not a prepared data directory (targets.npy named by its {MANIFEST} missing)"),
         (a_file, "exists and is not a plain directory"),
+        (link_to_prepared, "exists and is not a plain directory"),
     ],
-    ids=["user files", "prepared plus a file", "arrays without manifest", "manifest without its arrays", "a file"],
+    ids=[
+        "user files", "prepared plus a file", "arrays without manifest", "manifest without its arrays", "a file",
+        "a link to a prepared directory",
+    ],
 )
 def test_prepare_never_deletes_what_it_did_not_make(synthetic, tmp_path, make, fragment):
     out = make(tmp_path / "out")
