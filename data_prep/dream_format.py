@@ -54,7 +54,10 @@ def _open(path: Path):
         raise DreamFormatError(path, "no such file")
     if path.is_dir():
         raise DreamFormatError(path, "is a directory; expected a DREAM text file (SEQUENCE<TAB>EXPRESSION per line)")
-    raw = path.open("rb")
+    try:
+        raw = path.open("rb")
+    except OSError as error:
+        raise DreamFormatError(path, f"cannot read it ({error.strerror})") from None
     if raw.read(2) == b"\x1f\x8b":
         raw.seek(0)
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw.tell

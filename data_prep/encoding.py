@@ -29,17 +29,29 @@ for _code, _base in enumerate(BASES):
 
 
 def encode_sequences(sequences) -> np.ndarray:
-    """Codes `(n, SEQUENCE_WIDTH)` for strings of any length; raises on characters outside ACGTN."""
+    """Codes `(n, SEQUENCE_WIDTH)` for strings of any length.
+
+    Every character is checked, also past the 110 that are kept, as `predict` checks
+    a test file: a bad one raises `SequenceError` naming its row, position and character.
+    """
     sequences = list(sequences)
     codes = np.full((len(sequences), SEQUENCE_WIDTH), N_CODE, dtype=np.uint8)
     for row, sequence in enumerate(sequences):
-        raw = np.frombuffer(sequence[:SEQUENCE_WIDTH].encode("ascii", "replace"), dtype=np.uint8)
-        coded = CODE_OF_BYTE[raw]
+        # One byte per character ("?" for non-ASCII), so positions in the bytes are positions in the string.
+        coded = CODE_OF_BYTE[np.frombuffer(sequence.encode("ascii", "replace"), dtype=np.uint8)]
         if (coded == INVALID).any():
-            bad = sequence[int(np.argmax(coded == INVALID))]
-            raise ValueError(f"sequence {row + 1} has character {bad!r}; only A, C, G, T and N are allowed")
-        codes[row, : len(coded)] = coded
+            position = int(np.argmax(coded == INVALID))
+            raise SequenceError(
+                f"row {row + 1}, position {position + 1}: character {sequence[position]!r} is not one of "
+                "A, C, G, T, N (rows and positions count from 1)"
+            )
+        kept = coded[:SEQUENCE_WIDTH]
+        codes[row, : len(kept)] = kept
     return codes
+
+
+class SequenceError(ValueError):
+    """A sequence with a character outside ACGTN; the message names its row, position and character."""
 
 
 def window(codes: np.ndarray, rows: np.ndarray, shifts=0) -> np.ndarray:

@@ -1,13 +1,16 @@
 """Turn a DREAM training file into the arrays every trial memory-maps.
 
 A prepared directory holds `codes.npy` (uint8, n x 110), `targets.npy` (float32),
-`train_index.npy` / `eval_index.npy` (the fixed split) and `manifest.json`. It is
-built in a temporary directory beside the target and renamed into place only when
-complete, so a failure leaves nothing half-written.
+`train_index.npy` / `eval_index.npy` (the fixed split) and `manifest.json`, which
+states each array's file, dtype and shape. It is built in a temporary directory
+beside the target and renamed into place only when complete, so a failure leaves
+nothing half-written. `check_prepared` verifies a directory against its manifest
+before anything trains on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -23,42 +26,142 @@ import numpy as np
 from data_prep.dream_format import DreamFormatError, read_blocks
 from data_prep.encoding import N_CODE, SEQUENCE_WIDTH, WINDOW_LENGTH, WINDOW_START
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ARRAYS = ("codes", "targets", "train_index", "eval_index")
+DEFAULT_EVAL_SIZE = 10_000
+DEFAULT_EVAL_RULE = f"the smaller of {DEFAULT_EVAL_SIZE:,} and 10 % of the sequences"
+
+
+class PreparedDataError(ValueError):
+    """A prepared directory that cannot be trained on; the message names the file, the value and what is allowed."""
 
 
 def prepare(
     source,
     out_dir,
-    eval_size: int = 10_000,
+    eval_size: int | None = None,
     split_seed: int = 0,
+    overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Validate and encode `source` into `out_dir`; returns the manifest.
 
-    Refuses to overwrite an existing directory that is not a prepared one.
+    `eval_size=None` holds out DEFAULT_EVAL_RULE (at least 1). `out_dir` may exist
+    only as an empty directory or, with `overwrite`, as exactly a prepared layout;
+    anything else is refused, never deleted. The data is built beside `out_dir` and
+    renamed into place, so a failure or an interruption leaves `out_dir` as it was.
     """
     source, out_dir = Path(source), Path(out_dir)
-    if out_dir.exists() and not (out_dir / MANIFEST).exists():
-        raise FileExistsError(f"{out_dir} exists and is not a prepared data directory; choose another --out")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if eval_size is not None and eval_size < 1:
+        raise ValueError(f"--eval-size must be at least 1, got {eval_size}")
+    if split_seed < 0:
+        raise ValueError(f"--split-seed must be 0 or more, got {split_seed}")
+    replaces = check_output_directory(out_dir, overwrite)
+    created = [parent for parent in (out_dir.parent, *out_dir.parent.parents) if not parent.exists()]
     # Made with mkdir, not mkdtemp, so the directory gets the umask's permissions, not 0700.
     scratch = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:12]}.tmp"
-    scratch.mkdir()
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        scratch.mkdir()
         manifest = _write_arrays(source, scratch, eval_size, split_seed, progress)
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(scratch, out_dir)
-    except BaseException:
+        _install(scratch, out_dir, replaces)
+    except BaseException as error:
         shutil.rmtree(scratch, ignore_errors=True)
+        for directory in created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        if isinstance(error, OSError):
+            raise type(error)(
+                f"{out_dir}: cannot write the prepared data: {error.strerror or error}; the partial output was removed"
+            ) from None
         raise
     return manifest
 
 
-def _write_arrays(source: Path, scratch: Path, eval_size: int, split_seed: int, progress) -> dict:
+def check_output_directory(out_dir: Path, overwrite: bool) -> set[str] | None:
+    """The prepared files `out_dir` holds and `prepare` may replace: None when it is new or empty.
+
+    Refuses the working directory, anything but a directory, and a directory holding
+    anything besides a manifest and the arrays it names; a prepared one only with `overwrite`.
+    """
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return None
+    resolved, working = out_dir.resolve(), Path.cwd().resolve()
+    if resolved == working or resolved in working.parents:
+        raise FileExistsError(f"--out {out_dir} is the working directory or holds it; give a new directory")
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir} exists and is not a plain directory; give a new directory")
+    entries = {entry.name for entry in out_dir.iterdir()}
+    if not entries:
+        return None
+    files = _prepared_files(out_dir)
+    if files is None:
+        detail = f"it holds {_some(entries)} and no readable {MANIFEST}"
+    elif entries - files:
+        detail = f"it also holds {_some(entries - files)}"
+    elif files - entries:
+        detail = f"{_some(files - entries)} named by its {MANIFEST} missing"
+    elif any((out_dir / name).is_symlink() or not (out_dir / name).is_file() for name in files):
+        detail = "some of its entries are not plain files"
+    else:
+        detail = None
+    if detail:
+        raise FileExistsError(
+            f"--out {out_dir} exists and is not a prepared data directory ({detail}); "
+            "prepare never deletes what it did not make: give a new directory"
+        )
+    if not overwrite:
+        raise FileExistsError(f"--out {out_dir} already holds prepared data; pass --overwrite to replace it")
+    return files
+
+
+def _prepared_files(directory: Path) -> set[str] | None:
+    """The manifest and the array files it names; None without a readable manifest."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        arrays = manifest.get("arrays") or {name: {"file": f"{name}.npy"} for name in ARRAYS}
+        return {MANIFEST, *(str(spec["file"]) for spec in arrays.values())}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _some(names) -> str:
+    names = sorted(names)
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _install(scratch: Path, out_dir: Path, replaces: set[str] | None) -> None:
+    """Rename the finished `scratch` to `out_dir`; an old prepared `out_dir` goes only once the new one is in place."""
+    if replaces is None:
+        os.replace(scratch, out_dir)  # out_dir is absent or empty: one atomic rename
+        return
+    old = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:12]}.old"
+    os.rename(out_dir, old)
+    try:
+        os.rename(scratch, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    for name in replaces:
+        (old / name).unlink()
+    # Anything added to the old directory since it was checked stays, in `old`.
+    with contextlib.suppress(OSError):
+        old.rmdir()
+
+
+def array_layout(count: int, train_size: int, eval_size: int) -> dict:
+    """File, dtype and shape of each array of a prepared directory, as its manifest states them."""
+    return {
+        "codes": {"file": "codes.npy", "dtype": "uint8", "shape": [count, SEQUENCE_WIDTH]},
+        "targets": {"file": "targets.npy", "dtype": "float32", "shape": [count]},
+        "train_index": {"file": "train_index.npy", "dtype": "int64", "shape": [train_size]},
+        "eval_index": {"file": "eval_index.npy", "dtype": "int64", "shape": [eval_size]},
+    }
+
+
+def _write_arrays(source: Path, scratch: Path, eval_size: int | None, split_seed: int, progress) -> dict:
     lengths = np.zeros(0, dtype=np.int64)
     targets = []
     count = n_characters = 0
@@ -75,13 +178,16 @@ def _write_arrays(source: Path, scratch: Path, eval_size: int, split_seed: int, 
         assert len(final_header) == len(header), "NumPy's .npy header must not change size"
         codes_file.seek(0)
         codes_file.write(final_header)
-    if eval_size < 1 or eval_size >= count:
+    eval_rule = "--eval-size" if eval_size is not None else DEFAULT_EVAL_RULE
+    if eval_size is None:
+        eval_size = max(1, min(DEFAULT_EVAL_SIZE, count // 10))
+    if eval_size >= count:
         raise DreamFormatError(
-            source, f"has {count:,} sequences; the evaluation split of {eval_size:,} must be at least 1 and leave training data"
+            source, f"has {count:,} sequences; the evaluation split of {eval_size:,} must leave training data"
         )
     targets = np.concatenate(targets).astype(np.float32)
     np.save(scratch / "targets.npy", targets)
-    order = np.random.default_rng(split_seed).permutation(count)
+    order = np.random.default_rng(split_seed).permutation(count).astype(np.int64)
     np.save(scratch / "eval_index.npy", np.sort(order[:eval_size]))
     np.save(scratch / "train_index.npy", np.sort(order[eval_size:]))
     return {
@@ -92,7 +198,9 @@ def _write_arrays(source: Path, scratch: Path, eval_size: int, split_seed: int, 
         "count": count,
         "train_size": count - eval_size,
         "eval_size": eval_size,
+        "eval_size_rule": eval_rule,
         "split_seed": split_seed,
+        "arrays": array_layout(count, count - eval_size, eval_size),
         "sequence_width": SEQUENCE_WIDTH,
         "window_start": WINDOW_START,
         "window_length": WINDOW_LENGTH,
@@ -138,6 +246,116 @@ def sha256(path: Path) -> str:
         return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
+def check_prepared(directory) -> dict:
+    """The manifest of a prepared directory whose arrays are all there, whole and in range.
+
+    Reads each array's .npy header and size, then scans the values once through a
+    memory map: codes within 0..4, targets finite and >= 0, the split's indices a
+    partition of the rows. Raises `PreparedDataError` naming the file, the value and
+    what is allowed, so a broken directory is refused before any trial starts.
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    make = f"make one with `dream-hpo prepare TRAIN.txt --out {directory}`"
+    if not directory.is_dir():
+        raise PreparedDataError(f"{directory}: no such directory; {make}")
+    if not manifest_path.is_file():
+        raise PreparedDataError(f"{directory} is not a prepared data directory (no {MANIFEST}); {make}")
+    again = f"prepare the data again (`dream-hpo prepare TRAIN.txt --out {directory} --overwrite`)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except OSError as error:
+        raise PreparedDataError(f"{manifest_path}: cannot read it ({error.strerror})") from None
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise PreparedDataError(f"{manifest_path}: not valid JSON ({error}); {again}") from None
+    if not isinstance(manifest, dict):
+        raise PreparedDataError(f"{manifest_path}: holds a {type(manifest).__name__}, not a JSON object; {again}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise PreparedDataError(
+            f"{manifest_path}: format_version is {version!r}; this dream-hpo reads {FORMAT_VERSION}: {again}"
+        )
+    for key, least in (("count", 2), ("train_size", 1), ("eval_size", 1)):
+        value = manifest.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise PreparedDataError(f"{manifest_path}: {key} is {value!r}; it must be a whole number >= {least}")
+    count, train_size, eval_size = manifest["count"], manifest["train_size"], manifest["eval_size"]
+    if train_size + eval_size != count:
+        raise PreparedDataError(
+            f"{manifest_path}: train_size {train_size:,} + eval_size {eval_size:,} must equal count {count:,}"
+        )
+    expected = array_layout(count, train_size, eval_size)
+    if manifest.get("arrays") != expected:
+        raise PreparedDataError(
+            f"{manifest_path}: arrays is {manifest.get('arrays')!r}; for its counts it must be {expected}"
+        )
+    for spec in expected.values():
+        _check_npy(directory / spec["file"], np.dtype(spec["dtype"]), tuple(spec["shape"]))
+    _check_values(directory, count)
+    return manifest
+
+
+def _check_npy(path: Path, dtype: np.dtype, shape: tuple) -> None:
+    """The .npy file at `path` holds a C-order `dtype` array of `shape` and is neither truncated nor padded."""
+    if not path.is_file():
+        raise PreparedDataError(f"{path}: missing; {MANIFEST} names it")
+    try:
+        with path.open("rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            found_shape, fortran_order, found_dtype = read_header[version](stream)
+            data_start = stream.tell()
+    except (OSError, ValueError, KeyError) as error:
+        raise PreparedDataError(f"{path}: not a readable NumPy .npy file ({error})") from None
+    if found_dtype != dtype or found_shape != shape or fortran_order:
+        order = ", Fortran order" if fortran_order else ""
+        raise PreparedDataError(
+            f"{path}: holds {found_dtype} {found_shape}{order}; {MANIFEST} states {dtype} {shape} in C order"
+        )
+    needed = data_start + int(np.prod(shape)) * dtype.itemsize
+    size = path.stat().st_size
+    if size != needed:
+        state = "truncated" if size < needed else "longer than its array"
+        raise PreparedDataError(f"{path}: {state}: {size:,} bytes where {dtype} {shape} needs {needed:,}")
+
+
+def _check_values(directory: Path, count: int) -> None:
+    codes = np.load(directory / "codes.npy", mmap_mode="r")
+    if codes.max() > N_CODE:
+        for start in range(0, count, 1 << 20):
+            chunk = np.asarray(codes[start : start + (1 << 20)])
+            if chunk.max() > N_CODE:
+                row, column = np.argwhere(chunk > N_CODE)[0]
+                raise PreparedDataError(
+                    f"{directory / 'codes.npy'}: row {start + row:,}, column {column} holds code "
+                    f"{chunk[row, column]}; codes must be 0..{N_CODE} (A, C, G, T, N)"
+                )
+    targets = np.load(directory / "targets.npy", mmap_mode="r")
+    bad = ~(np.isfinite(targets) & (targets >= 0))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise PreparedDataError(
+            f"{directory / 'targets.npy'}: row {row:,} holds {targets[row]}; targets must be finite and >= 0"
+        )
+    seen = np.zeros(count, dtype=bool)
+    for name in ("eval_index", "train_index"):
+        index = np.load(directory / f"{name}.npy", mmap_mode="r")
+        out_of_range = (index < 0) | (index >= count)
+        if out_of_range.any() or seen[index].any():
+            row = int(np.argmax(out_of_range)) if out_of_range.any() else int(np.argmax(seen[index]))
+            problem = f"outside 0..{count - 1:,}" if out_of_range.any() else "also in the evaluation split"
+            raise PreparedDataError(
+                f"{directory / name}.npy: entry {row:,} holds row {index[row]:,}, {problem}; "
+                "the split must divide the rows between training and evaluation"
+            )
+        seen[index] = True
+    if not seen.all():
+        raise PreparedDataError(
+            f"{directory}: row {int(np.argmin(seen)):,} is in neither train_index.npy nor eval_index.npy (an index "
+            "repeats); the split must divide the rows between training and evaluation"
+        )
+
+
 @dataclass
 class PreparedData:
     """A prepared directory, arrays memory-mapped read-only so every trial shares the page cache."""
@@ -152,22 +370,6 @@ class PreparedData:
     @classmethod
     def load(cls, directory) -> "PreparedData":
         directory = Path(directory)
-        manifest_path = directory / MANIFEST
-        if not manifest_path.exists():
-            raise FileNotFoundError(
-                f"{directory} is not a prepared data directory (no {MANIFEST}); "
-                "make one with `dream-hpo prepare TRAIN.txt --out DIR`"
-            )
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{directory} has format version {manifest.get('format_version')}, this code reads "
-                f"{FORMAT_VERSION}; prepare the data again"
-            )
-        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        manifest = check_prepared(directory)
+        arrays = {name: np.load(directory / spec["file"], mmap_mode="r") for name, spec in manifest["arrays"].items()}
         return cls(directory, manifest, **arrays)
-
-
-def check_prepared(directory) -> dict:
-    """The manifest of a prepared directory, refused with a one-line message when it is not one."""
-    return PreparedData.load(directory).manifest

@@ -82,8 +82,9 @@ def write_submission(path, sequences: list[str], predictions: np.ndarray, format
 def write_atomically(path, text: str) -> Path:
     """Write `text` to a temporary file beside `path`, then rename it over `path`."""
     path = check_output_path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = None
     try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
@@ -91,8 +92,11 @@ def write_atomically(path, text: str) -> Path:
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):  # disk full, read-only: one line naming the output
+            raise type(error)(f"{path}: cannot write it: {error.strerror or error}; nothing was written") from None
         raise
     return path
 

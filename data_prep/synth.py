@@ -180,11 +180,13 @@ def write_synthetic(path, n: int, seed: int = 0, progress=None) -> Path:
 
 def ensure_synthetic(cache_dir, n: int, seed: int = 0, eval_size: int = 10_000, progress=None) -> Path:
     """The prepared synthetic set for (n, seed, eval_size), generated once into `cache_dir` and reused."""
-    from data_prep.prepare import MANIFEST, prepare
+    from data_prep.prepare import PreparedDataError, check_prepared, prepare
 
     cache_dir = Path(cache_dir)
     prepared = cache_dir / f"synthetic-n{n}-seed{seed}-eval{eval_size}"
-    if not (prepared / MANIFEST).exists():
+    try:
+        check_prepared(prepared)
+    except PreparedDataError:  # not made yet, or by an older format: make it (again)
         source = write_synthetic(cache_dir / f"synthetic-n{n}-seed{seed}.txt", n, seed)
-        prepare(source, prepared, eval_size=eval_size, split_seed=seed, progress=progress)
+        prepare(source, prepared, eval_size=eval_size, split_seed=seed, overwrite=True, progress=progress)
     return prepared

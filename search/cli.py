@@ -48,10 +48,12 @@ def cmd_prepare(args) -> int:
         args.out,
         eval_size=args.eval_size,
         split_seed=args.split_seed,
+        overwrite=args.overwrite,
         progress=_progress_bar(f"prepare {args.train.name}"),
     )
+    rule = "" if args.eval_size else f", by default {manifest['eval_size_rule']}"
     print(
-        f"prepared {manifest['count']:,} sequences ({manifest['eval_size']:,} held out for evaluation) "
+        f"prepared {manifest['count']:,} sequences ({manifest['eval_size']:,} held out for evaluation{rule}) "
         f"into {args.out}"
     )
     return 0
@@ -345,8 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
         "targets and a fixed evaluation split, with a JSON manifest.",
     )
     prepare.add_argument("train", type=Path, help="DREAM training file (.txt or .txt.gz)")
-    prepare.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
-    prepare.add_argument("--eval-size", type=int, default=10_000, help="held-out sequences (default: %(default)s)")
+    prepare.add_argument(
+        "--out", type=Path, required=True, help="output directory: new, empty, or a prepared one with --overwrite"
+    )
+    prepare.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier prepared --out (only a manifest and its arrays; anything else is never deleted)",
+    )
+    prepare.add_argument(
+        "--eval-size", type=int, help="held-out sequences (default: the smaller of 10,000 and 10%% of the sequences)"
+    )
     prepare.add_argument("--split-seed", type=int, default=0, help="seed of the eval split (default: %(default)s)")
     prepare.set_defaults(handler=cmd_prepare)
 
@@ -444,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as error:
+    except (ValueError, OSError) as error:  # bad input and I/O failures (disk full, read-only): one line
         print(f"dream-hpo {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interruption:

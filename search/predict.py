@@ -8,6 +8,7 @@ the model is loaded, so bad input fails in seconds, with its file and line.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -49,14 +50,22 @@ def load_keras_model(model: str, tracking_uri: str | None = None):
     from mlflow.exceptions import MlflowException
 
     from search.serving import load_sequence_model
-    from search.tracking import resolve_tracking_uri
+    from search.tracking import existing_tracking_store
 
-    tracking_uri = resolve_tracking_uri(tracking_uri)
+    tracking_uri = existing_tracking_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
         return load_sequence_model(model)
     except MlflowException as error:
         raise ValueError(f"cannot load {model} from the MLflow store {tracking_uri}: {error.message}") from None
+
+
+def check_store(model: str, tracking_uri: str | None) -> None:
+    """Refuse a missing MLflow store before the test file is read, when the model comes from one."""
+    if model.startswith(MLFLOW_SCHEMES):
+        from search.tracking import existing_tracking_store
+
+        existing_tracking_store(tracking_uri)
 
 
 def output_format(out, format: str | None) -> str:
@@ -82,7 +91,12 @@ def predict_file(
 
     format = output_format(out, format)
     check_output_path(out)
+    if Path(out).exists() and Path(sequences).exists() and os.path.samefile(out, sequences):
+        raise ValueError(
+            f"--out {out} is the --sequences file; give another file name, predict never overwrites its input"
+        )
     model = resolve_model(model)
+    check_store(model, tracking_uri)
     test = read_test_sequences(sequences, progress=_stage(progress, f"read {Path(sequences).name}"))
     predictions = _predict(model, test.codes, tracking_uri, batch_size, progress)
     write_submission(out, test.sequences, predictions, format)
@@ -107,6 +121,7 @@ def evaluate_file(
     if public_leaderboard is not None and subsets is None:
         raise ValueError("--public-leaderboard only filters subsets: give --subsets too")
     model = resolve_model(model)
+    check_store(model, tracking_uri)
     client = _run_client(log_to, tracking_uri) if log_to else None
     reading = _stage(progress, f"read {Path(sequences).name}")
     test = read_test_sequences(sequences, with_expression=True, progress=reading)
@@ -138,9 +153,9 @@ def _run_client(run_id: str, tracking_uri: str | None):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import resolve_tracking_uri
+    from search.tracking import existing_tracking_store
 
-    tracking_uri = resolve_tracking_uri(tracking_uri)
+    tracking_uri = existing_tracking_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     try:
         client.get_run(run_id)

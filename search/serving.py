@@ -57,14 +57,31 @@ class SequenceModel(mlflow.pyfunc.PythonModel):
 
 
 def sequence_column(model_input) -> list[str]:
-    """The non-empty strings of the `sequence` column; anything else is refused with its row."""
+    """The `sequence` column, every row a non-empty string of A, C, G, T, N checked to its end, as `predict` does.
+
+    Errors are MLflow's INVALID_PARAMETER_VALUE, so the scoring server answers HTTP 400
+    with this message (the row, the position, the character) and no stack trace.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from data_prep.encoding import encode_sequences
+
     if not isinstance(model_input, pd.DataFrame) or SEQUENCE_COLUMN not in model_input.columns:
         found = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
-        raise ValueError(f"expected a DataFrame with a '{SEQUENCE_COLUMN}' column; got {found}")
+        raise MlflowException.invalid_parameter_value(
+            f"expected a DataFrame with a '{SEQUENCE_COLUMN}' column; got {found}"
+        )
     sequences = model_input[SEQUENCE_COLUMN].tolist()
     for row, sequence in enumerate(sequences):
         if not isinstance(sequence, str) or not sequence:
-            raise ValueError(f"sequence {row + 1} is {sequence!r}; every row needs a non-empty DNA sequence")
+            raise MlflowException.invalid_parameter_value(
+                f"row {row + 1}: {sequence!r} is not a DNA sequence; "
+                "every row needs a non-empty string of A, C, G, T, N"
+            )
+    try:
+        encode_sequences(sequences)
+    except ValueError as error:
+        raise MlflowException.invalid_parameter_value(str(error)) from None
     return sequences
 
 

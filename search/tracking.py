@@ -389,3 +389,49 @@ def error_summary(trial) -> str:
         lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
         text = lines[-1].strip() if lines else ""
     return f"{text or 'see the Ray logs'} (trace: {trial.error_file})"
+
+
+# Stores that MLflow reaches over a network or a database server: it never creates them as a side effect.
+REMOTE_STORE_SCHEMES = ("http", "https", "databricks", "postgresql", "mysql", "mssql")
+
+
+def existing_tracking_store(uri: str | None) -> str:
+    """The resolved tracking URI of a store that already exists, for commands that only read it.
+
+    MLflow creates a missing SQLite file or store directory on first use, so a
+    mistyped path would silently give an empty store; refuse it instead, naming
+    where the URI came from.
+    """
+    import contextlib
+    import os
+    import sqlite3
+    from urllib.parse import urlparse
+
+    source = "--tracking-uri" if uri else "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else None
+    resolved = resolve_tracking_uri(uri)
+    given = f"{source} {uri or os.environ['MLFLOW_TRACKING_URI']}" if source else f"the default store {resolved}"
+    hint = "give --tracking-uri (or MLFLOW_TRACKING_URI) of the store your study logged to"
+    scheme = urlparse(resolved).scheme.split("+")[0]
+    if scheme == "sqlite":
+        if not resolved.startswith("sqlite:///"):
+            raise ValueError(f"{given}: a SQLite store is sqlite:///RELATIVE/PATH or sqlite:////ABSOLUTE/PATH")
+        path = Path(resolved[len("sqlite:///") :])
+        if not path.is_file():
+            raise ValueError(f"{given}: no MLflow store, {path} does not exist; {hint}")
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
+                tables = {row[0] for row in connection.execute("select name from sqlite_master where type='table'")}
+        except sqlite3.DatabaseError as error:
+            raise ValueError(f"{given}: {path} is not an SQLite database ({error})") from None
+        if "experiments" not in tables:
+            raise ValueError(f"{given}: {path} is an SQLite database without MLflow's tables; {hint}")
+    elif scheme in ("", "file"):
+        path = Path(urlparse(resolved).path if scheme else resolved)
+        if not path.is_dir():
+            raise ValueError(f"{given}: no MLflow store, {path} is not a directory; {hint}")
+    elif scheme not in REMOTE_STORE_SCHEMES:
+        raise ValueError(
+            f"{given}: unknown scheme {scheme!r}; MLflow stores are sqlite:///PATH, http(s)://HOST:PORT, "
+            "a directory (file:///PATH), databricks, or postgresql/mysql/mssql://..."
+        )
+    return resolved

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from data_prep.dream_format import DreamFormatError, read_blocks
 from data_prep.encoding import (
     N_CODE,
     SEQUENCE_WIDTH,
+    SequenceError,
     SHIFTS,
     WINDOW_LENGTH,
     WINDOW_START,
@@ -26,7 +28,7 @@ from data_prep.encoding import (
     window,
 )
 from conftest import DEMO
-from data_prep.prepare import MANIFEST, PreparedData, prepare, sha256
+from data_prep.prepare import MANIFEST, PreparedData, PreparedDataError, check_prepared, prepare, sha256
 from data_prep.synth import MOTIFS, ensure_synthetic, expression_signal, synthesize, write_synthetic
 from search.cli import main
 
@@ -135,22 +137,247 @@ def test_gzip_input_gives_the_same_arrays(synthetic, tmp_path):
     assert manifest["source_sha256"] == hashlib.sha256(packed.read_bytes()).hexdigest()
 
 
-def test_prepare_replaces_a_prepared_directory_but_refuses_any_other(synthetic, tmp_path):
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` with its bytes: what a test compares to say nothing changed."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_prepare_replaces_a_prepared_directory_only_with_overwrite(synthetic, tmp_path):
     source, _ = synthetic
     prepare(source, tmp_path / "out", eval_size=EVAL_SIZE, split_seed=0)
-    assert prepare(source, tmp_path / "out", eval_size=EVAL_SIZE, split_seed=1)["split_seed"] == 1
-    (tmp_path / "precious").mkdir()
-    (tmp_path / "precious" / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="precious"):
-        prepare(source, tmp_path / "precious", eval_size=EVAL_SIZE)
-    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+    before = tree(tmp_path)
+    with pytest.raises(FileExistsError, match=rf"--out {tmp_path / 'out'} already holds prepared data; pass --overwrite"):
+        prepare(source, tmp_path / "out", eval_size=EVAL_SIZE, split_seed=1)
+    assert tree(tmp_path) == before
+
+    assert prepare(source, tmp_path / "out", eval_size=EVAL_SIZE, split_seed=1, overwrite=True)["split_seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert check_prepared(tmp_path / "out")["split_seed"] == 1
+    assert np.load(tmp_path / "out" / "eval_index.npy").tolist() != np.frombuffer(
+        before["out/eval_index.npy"][128:], dtype=np.int64
+    ).tolist()
 
 
-@pytest.mark.parametrize("eval_size", [0, N_LINES])
+def test_prepare_fills_an_empty_directory(synthetic, tmp_path):
+    (tmp_path / "empty").mkdir()
+    prepare(synthetic[0], tmp_path / "empty", eval_size=EVAL_SIZE)
+    assert check_prepared(tmp_path / "empty")["count"] == N_LINES
+
+
+def user_directory(path: Path) -> Path:
+    path.mkdir()
+    (path / "notes.txt").write_text("keep me")
+    return path
+
+
+def prepared_plus_a_file(path: Path) -> Path:
+    prepare(write_synthetic(path.parent / "small.txt", 50, seed=1), path, eval_size=5)
+    (path / "results.csv").write_text("mine")
+    return path
+
+
+def arrays_without_manifest(path: Path) -> Path:
+    path.mkdir()
+    np.save(path / "codes.npy", np.zeros((3, SEQUENCE_WIDTH), dtype=np.uint8))
+    return path
+
+
+def manifest_without_arrays(path: Path) -> Path:
+    prepare(write_synthetic(path.parent / "small.txt", 50, seed=1), path, eval_size=5)
+    (path / "targets.npy").unlink()
+    return path
+
+
+def a_file(path: Path) -> Path:
+    path.write_text("not a directory")
+    return path
+
+
+def link_to_prepared(path: Path) -> Path:
+    prepare(write_synthetic(path.parent / "small.txt", 50, seed=1), path.parent / "real", eval_size=5)
+    path.symlink_to(path.parent / "real")
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (user_directory, f"is not a prepared data directory (it holds notes.txt and no readable {MANIFEST})"),
+        (prepared_plus_a_file, "is not a prepared data directory (it also holds results.csv)"),
+        (arrays_without_manifest, f"is not a prepared data directory (it holds codes.npy and no readable {MANIFEST})"),
+        (manifest_without_arrays, f"is not a prepared data directory (targets.npy named by its {MANIFEST} missing)"),
+        (a_file, "exists and is not a plain directory"),
+        (link_to_prepared, "exists and is not a plain directory"),
+    ],
+    ids=[
+        "user files", "prepared plus a file", "arrays without manifest", "manifest without its arrays", "a file",
+        "a link to a prepared directory",
+    ],
+)
+def test_prepare_never_deletes_what_it_did_not_make(synthetic, tmp_path, make, fragment):
+    out = make(tmp_path / "out")
+    before = tree(tmp_path)
+    with pytest.raises(FileExistsError) as error:
+        prepare(synthetic[0], out, eval_size=EVAL_SIZE, overwrite=True)
+    assert str(error.value).startswith(f"--out {out} ") and fragment in str(error.value)
+    assert "\n" not in str(error.value)
+    assert tree(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        {p.split("/")[0] for p in before} | {"out"}
+    )
+
+
+@pytest.mark.parametrize("out", [".", "..", "work"])
+def test_prepare_refuses_the_working_directory(synthetic, tmp_path, monkeypatch, capsys, out):
+    """Even a working directory that is exactly a prepared layout: the shell would be left in a deleted directory."""
+    work = tmp_path / "work"
+    prepare(synthetic[0], work, eval_size=EVAL_SIZE)
+    monkeypatch.chdir(work)
+    before = tree(tmp_path)
+    assert main(["prepare", str(synthetic[0]), "--out", str(work if out == "work" else out), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"dream-hpo prepare: error: --out {work if out == 'work' else out} is the working directory or holds it; give a new directory"
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("eval_size", [0, -5])
+def test_an_eval_size_below_one_is_refused_before_reading(tmp_path, eval_size, capsys):
+    """The source does not even exist: the flag is checked first."""
+    assert main(["prepare", str(tmp_path / "absent.txt"), "--out", str(tmp_path / "out"), "--eval-size", str(eval_size)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dream-hpo prepare: error: --eval-size must be at least 1, got {eval_size}"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("eval_size", [N_LINES, N_LINES + 1])
 def test_eval_size_must_leave_training_data(synthetic, tmp_path, eval_size):
-    with pytest.raises(DreamFormatError, match=f"{N_LINES:,} sequences"):
-        prepare(synthetic[0], tmp_path / "out", eval_size=eval_size)
+    with pytest.raises(DreamFormatError, match=f"has {N_LINES:,} sequences; the evaluation split of {eval_size:,} must leave"):
+        prepare(synthetic[0], tmp_path / "nested" / "out", eval_size=eval_size)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("n, expected", [(2_000, 200), (150_000, 10_000), (9, 1)])
+def test_default_eval_split_is_10000_or_a_tenth(tmp_path, n, expected, capsys):
+    source = write_synthetic(tmp_path / "train.txt", n, seed=2)
+    assert main(["prepare", str(source), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert f"prepared {n:,} sequences ({expected:,} held out for evaluation, by default the smaller of 10,000 and 10 % of the sequences)" in out
+    manifest = check_prepared(tmp_path / "out")
+    assert (manifest["eval_size"], manifest["train_size"]) == (expected, n - expected)
+    assert manifest["eval_size_rule"] == "the smaller of 10,000 and 10 % of the sequences"
+    assert len(np.load(tmp_path / "out" / "eval_index.npy")) == expected
+    assert main(["prepare", str(source), "--out", str(tmp_path / "given"), "--eval-size", "3"]) == 0
+    assert "(3 held out for evaluation) into" in capsys.readouterr().out
+    assert check_prepared(tmp_path / "given")["eval_size_rule"] == "--eval-size"
+
+
+# --- checking a prepared directory -----------------------------------------------------------
+
+
+def copy_prepared(source: Path, target: Path) -> Path:
+    target.mkdir()
+    for path in source.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def edit_manifest(**changes):
+    def edit(directory: Path) -> str:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        manifest.update(changes)
+        (directory / MANIFEST).write_text(json.dumps(manifest))
+        return str(directory / MANIFEST)
+
+    return edit
+
+
+def write_manifest(text: str):
+    def edit(directory: Path) -> str:
+        (directory / MANIFEST).write_text(text)
+        return str(directory / MANIFEST)
+
+    return edit
+
+
+def truncate_codes(directory: Path) -> str:
+    path = directory / "codes.npy"
+    path.write_bytes(path.read_bytes()[:-1000])
+    return str(path)
+
+
+def set_array(name: str, row: int, value, column: int | None = None):
+    def edit(directory: Path) -> str:
+        array = np.load(directory / f"{name}.npy")
+        array[(row, column) if column is not None else row] = value
+        np.save(directory / f"{name}.npy", array)
+        return str(directory / f"{name}.npy")
+
+    return edit
+
+
+def retype(name: str, dtype):
+    def edit(directory: Path) -> str:
+        np.save(directory / f"{name}.npy", np.load(directory / f"{name}.npy").astype(dtype))
+        return str(directory / f"{name}.npy")
+
+    return edit
+
+
+def remove(name: str):
+    def edit(directory: Path) -> str:
+        (directory / name).unlink()
+        return str(directory / name)
+
+    return edit
+
+
+def first_eval_row(directory: Path) -> int:
+    return int(np.load(directory / "eval_index.npy")[0])
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (write_manifest("{not json"), "not valid JSON (Expecting property name"),
+        (write_manifest("[1, 2]"), "holds a list, not a JSON object"),
+        (edit_manifest(format_version=1), "format_version is 1; this dream-hpo reads 2: prepare the data again"),
+        (edit_manifest(count="2000"), "count is '2000'; it must be a whole number >= 2"),
+        (edit_manifest(eval_size=401), "train_size 1,600 + eval_size 401 must equal count 2,000"),
+        (remove(MANIFEST), f"is not a prepared data directory (no {MANIFEST})"),
+        (remove("targets.npy"), "missing; manifest.json names it"),
+        (truncate_codes, "truncated: 219,128 bytes where uint8 (2000, 110) needs 220,128"),
+        (retype("codes", np.int16), "holds int16 (2000, 110); manifest.json states uint8 (2000, 110) in C order"),
+        (retype("train_index", np.int32), "holds int32 (1600,); manifest.json states int64 (1600,)"),
+        (set_array("codes", 1_234, 7, column=56), "row 1,234, column 56 holds code 7; codes must be 0..4 (A, C, G, T, N)"),
+        (set_array("targets", 17, np.nan), "row 17 holds nan; targets must be finite and >= 0"),
+        (set_array("targets", 3, -2.0), "row 3 holds -2.0; targets must be finite and >= 0"),
+        (set_array("train_index", 5, 2_000), "entry 5 holds row 2,000, outside 0..1,999"),
+        (lambda d: set_array("train_index", 0, first_eval_row(d))(d), "entry 0 holds row"),
+    ],
+    ids=[
+        "manifest not JSON", "manifest a list", "old format", "count a string", "sizes disagree", "no manifest",
+        "missing targets", "truncated codes", "codes int16", "index int32", "code 7", "target nan",
+        "target negative", "index out of range", "index in both splits",
+    ],
+)
+def test_check_prepared_names_the_file_the_value_and_what_is_allowed(synthetic, tmp_path, edit, fragment):
+    directory = copy_prepared(synthetic[1], tmp_path / "prepared")
+    named = edit(directory)
+    before = tree(tmp_path)
+    with pytest.raises(PreparedDataError) as error:
+        check_prepared(directory)
+    message = str(error.value)
+    assert fragment in message and "\n" not in message
+    assert message.startswith(named if fragment != f"is not a prepared data directory (no {MANIFEST})" else str(directory))
+    with pytest.raises(PreparedDataError, match=re.escape(fragment)):
+        PreparedData.load(directory)
+    assert tree(tmp_path) == before
+
+
+def test_check_prepared_accepts_what_prepare_wrote(synthetic):
+    manifest = check_prepared(synthetic[1])
+    assert manifest["arrays"]["codes"] == {"file": "codes.npy", "dtype": "uint8", "shape": [N_LINES, SEQUENCE_WIDTH]}
+    assert manifest == json.loads((synthetic[1] / MANIFEST).read_text())
 
 
 # --- the real demo sample ------------------------------------------------------------------
@@ -358,8 +585,19 @@ def test_cli_prepare_reports_the_bad_line(tmp_path, capsys):
 def test_encode_pads_cuts_and_rejects():
     codes = encode_sequences(["acgtn", "T" * 130])
     assert decode(codes[0]) == "ACGTN" + "N" * 105 and decode(codes[1]) == "T" * 110
-    with pytest.raises(ValueError, match="sequence 2 has character 'U'"):
+    with pytest.raises(SequenceError) as error:
         encode_sequences(["ACGT", "ACGU"])
+    assert str(error.value) == "row 2, position 4: character 'U' is not one of A, C, G, T, N (rows and positions count from 1)"
+
+
+@pytest.mark.parametrize("position", [1, 110, 111, 150])
+def test_encode_checks_the_whole_sequence_as_predict_does(tmp_path, position):
+    """The served model refuses what `predict` refuses, also past the 110 bases it keeps."""
+    sequence = "A" * (position - 1) + "X" + "C" * 30
+    with pytest.raises(SequenceError, match=f"row 3, position {position}: character 'X'"):
+        encode_sequences(["ACGT", "T" * 200, sequence])
+    with pytest.raises(DreamFormatError, match=f"line 1: character 'X' at position {position} is not one of"):
+        list(read_blocks(written(f"{sequence}\n".encode())(tmp_path / "test.txt"), require_expression=False))
 
 
 def test_window_shifts_move_the_window_by_one_base():

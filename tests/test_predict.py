@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -147,6 +148,68 @@ def test_a_missing_model_or_unknown_model_spec_is_refused_before_reading(tmp_pat
     assert predict("best-model", path, out) == 2
     assert "give an MLflow run id" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_predict_refuses_to_write_over_its_input(tmp_path, keras_file, sequences_file, capsys):
+    """The same file by name, through a symbolic link and through a hard link."""
+    original, _ = sequences_file
+    test = tmp_path / "test.txt"
+    test.write_bytes(original.read_bytes())
+    (tmp_path / "link.txt").symlink_to(test)
+    os.link(test, tmp_path / "hard.txt")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for out in (test, tmp_path / "link.txt", tmp_path / "hard.txt", tmp_path / "." / "test.txt"):
+        assert predict(keras_file, test, out) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"dream-hpo predict: error: --out {out} is the --sequences file; give another file name, "
+            "predict never overwrites its input"
+        )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def not_mlflow(path: Path) -> str:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("create table notes (text)")
+        connection.commit()
+    return f"sqlite:///{path}"
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("sqlite:///{tmp}/mlfow.db", "--tracking-uri sqlite:///{tmp}/mlfow.db: no MLflow store, {tmp}/mlfow.db does not exist"),
+        ("sqlite:///mlflow.db", "--tracking-uri sqlite:///mlflow.db: no MLflow store, {tmp}/mlflow.db does not exist"),
+        ("sqllite:///{tmp}/mlflow.db", "--tracking-uri sqllite:///{tmp}/mlflow.db: unknown scheme 'sqllite'"),
+        ("sqlite:mlflow.db", "--tracking-uri sqlite:mlflow.db: a SQLite store is sqlite:///RELATIVE/PATH"),
+        ("{tmp}/mlruns", "--tracking-uri {tmp}/mlruns: no MLflow store, {tmp}/mlruns is not a directory"),
+        ("file://{tmp}/mlruns", "--tracking-uri file://{tmp}/mlruns: no MLflow store, {tmp}/mlruns is not a directory"),
+        ("not_mlflow", "{tmp}/notes.db is an SQLite database without MLflow's tables"),
+        (None, "the default store sqlite:///{tmp}/mlflow.db: no MLflow store, {tmp}/mlflow.db does not exist"),
+        ("env", "MLFLOW_TRACKING_URI sqlite:///{tmp}/typo.db: no MLflow store, {tmp}/typo.db does not exist"),
+    ],
+    ids=["missing sqlite file", "relative missing", "mistyped scheme", "two slashes short", "missing directory",
+         "missing file URI", "sqlite without mlflow", "default store", "environment variable"],
+)
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_missing_tracking_store_is_refused_not_created(tmp_path, monkeypatch, sequences_file, capsys, uri, message, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if uri == "not_mlflow":
+        uri = not_mlflow(tmp_path / "notes.db")
+    elif uri == "env":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/typo.db")
+        uri = None
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    argv = [command, "--model", "models:/dream-hpo-best/1", "--sequences", str(sequences_file[0])]
+    argv += ["--out", str(tmp_path / "out.tsv")] if command == "predict" else []
+    argv += ["--tracking-uri", uri.format(tmp=tmp_path)] if uri else []
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"dream-hpo {command}: error: " in err
+    assert message.format(tmp=tmp_path) in err and "read test" not in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 # --- challenge scores ---------------------------------------------------------------------------
@@ -371,6 +434,14 @@ def wait_until_healthy(server: subprocess.Popen, url: str, log: Path, timeout: f
     raise AssertionError(f"mlflow models serve was not healthy after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
 
 
+# Requests the served model refuses, as `predict` refuses the same lines: (sequences, message).
+BAD_REQUESTS = [
+    (["ACGT", "ACGXT"], "row 2, position 4: character 'X' is not one of A, C, G, T, N (rows and positions count from 1)"),
+    (["A" * 149 + "X"], "row 1, position 150: character 'X' is not one of A, C, G, T, N (rows and positions count from 1)"),
+    (["ACGT", ""], "row 2: '' is not a DNA sequence; every row needs a non-empty string of A, C, G, T, N"),
+]
+
+
 @pytest.mark.slow
 def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
     tmp_path, keras_file, keras_model, sequences_file
@@ -395,11 +466,20 @@ def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
     pyfunc = mlflow.pyfunc.load_model(registered)
     predicted = pyfunc.predict(pd.DataFrame({"sequence": sequences}))
     np.testing.assert_allclose(np.asarray(predicted).reshape(-1), expected, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match=r"sequence 2 has character 'X'"):
-        pyfunc.predict(pd.DataFrame({"sequence": ["ACGT", "ACGXT"]}))
+    from mlflow.exceptions import MlflowException
 
+    for bad, message in BAD_REQUESTS:
+        with pytest.raises(MlflowException) as error:
+            pyfunc.predict(pd.DataFrame({"sequence": bad}))
+        assert error.value.message == message and error.value.error_code == "INVALID_PARAMETER_VALUE"
+
+    # Without --tracking-uri, predict reads MLFLOW_TRACKING_URI, as MLflow's own commands do.
     submission = tmp_path / "from_registry.tsv"
-    assert predict(registered, sequences_file[0], submission, "--tracking-uri", tracking_uri) == 0
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    try:
+        assert predict(registered, sequences_file[0], submission) == 0
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
     from_registry = [float(line.split("\t")[1]) for line in submission.read_text().splitlines()]
     np.testing.assert_allclose(from_registry, expected, rtol=1e-5, atol=1e-6)
     by_run = tmp_path / "from_run.json"
@@ -408,15 +488,18 @@ def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
 
     port = free_port()
     log = tmp_path / "serve.log"
-    # The server starts `uvicorn` by name: put this interpreter's scripts first on PATH.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, TF_CPP_MIN_LOG_LEVEL="2", PATH=path)
+    # The README's command, from a shell whose PATH lacks the virtual environment: MLflow starts
+    # `uvicorn` by name, so the command puts the environment's bin first on PATH itself.
+    venv_bin = Path(sys.executable).parent
+    readme_command = (
+        f'PATH="{venv_bin}:$PATH" MLFLOW_TRACKING_URI={tracking_uri} {venv_bin}/mlflow models serve -m {registered} '
+        f"--env-manager local --host 127.0.0.1 --port {port} --workers 1"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PATH="/usr/bin:/bin")
+    assert shutil.which("uvicorn", path=env["PATH"]) is None
     with log.open("w") as log_stream:
         server = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "models", "serve", "-m", registered, "--env-manager", "local",
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            ],
+            ["/bin/sh", "-c", f"exec env {readme_command}"],
             env=env,
             stdout=log_stream,
             stderr=subprocess.STDOUT,
@@ -431,10 +514,17 @@ def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
         assert status == 200, body
         np.testing.assert_allclose(np.asarray(body["predictions"]).reshape(-1), expected, rtol=1e-5, atol=1e-6)
 
-        status, body = post(
-            f"http://127.0.0.1:{port}/invocations", {"dataframe_split": {"columns": ["sequence"], "data": [["ACGQ"]]}}
-        )
-        assert status == 400 and "character 'Q'" in json.dumps(body)
+        for bad, message in BAD_REQUESTS:
+            status, body = post(
+                f"http://127.0.0.1:{port}/invocations",
+                {"dataframe_split": {"columns": ["sequence"], "data": [[s] for s in bad]}},
+            )
+            assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", body
+            assert body["message"].endswith(f"Error: {message}"), body
+            assert "stack_trace" not in body
+            text = json.dumps(body)
+            assert "Traceback" not in text and "site-packages" not in text and str(tmp_path) not in text
+            assert str(Path(__file__).parents[1]) not in text
     finally:
         stop_server(server)
 
