@@ -50,14 +50,13 @@ class SequenceModel(mlflow.pyfunc.PythonModel):
         self.keras_model = load_model(context.artifacts[KERAS_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        from data_prep.encoding import encode_sequences
         from model.inference import predict_codes
 
-        return predict_codes(self.keras_model, encode_sequences(sequence_column(model_input)))
+        return predict_codes(self.keras_model, sequence_codes(model_input))
 
 
-def sequence_column(model_input) -> list[str]:
-    """The `sequence` column, every row a non-empty string of A, C, G, T, N checked to its end, as `predict` does.
+def sequence_codes(model_input) -> np.ndarray:
+    """The `sequence` column encoded, every row a non-empty string of A, C, G, T, N checked to its end, as `predict` does.
 
     Errors are MLflow's INVALID_PARAMETER_VALUE, so the scoring server answers HTTP 400
     with this message (the row, the position, the character) and no stack trace.
@@ -79,10 +78,9 @@ def sequence_column(model_input) -> list[str]:
                 "every row needs a non-empty string of A, C, G, T, N"
             )
     try:
-        encode_sequences(sequences)
+        return encode_sequences(sequences)
     except ValueError as error:
         raise MlflowException.invalid_parameter_value(str(error)) from None
-    return sequences
 
 
 def signature():
