@@ -140,6 +140,13 @@ def test_set_and_config_runs_are_named_for_what_they_are(tmp_path, tiny_data):
     assert retrain_run.data.params["learning_rate"] == "0.02"
     assert set(set_run.data.params) == set(retrain_run.data.params)
 
+    import ray
+
+    from search.study import LOCAL_NODE_IP
+
+    assert [node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]] == [LOCAL_NODE_IP]
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+
 
 @pytest.mark.parametrize(
     "args, message",
