@@ -133,6 +133,12 @@ class StudyRuns:
     def client(self) -> MlflowClient:
         return MlflowClient(self.tracking_uri)
 
+    def use_fluent_api(self) -> None:
+        """Point MLflow's module-level API (model logging, registry) at this study's store."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+
     def _open_experiment(self, name: str) -> str:
         """The experiment's id, created as a model-training experiment with artifacts beside a local store."""
         client = self.client
@@ -218,7 +224,7 @@ class StudyRuns:
         """Register a run's sequence-serving model; returns `models:/NAME/VERSION`."""
         import mlflow
 
-        mlflow.set_tracking_uri(self.tracking_uri)
+        self.use_fluent_api()
         [model] = [m for m in self.logged_models(run_id) if m.name == serving.LOGGED_MODEL_NAME]
         version = mlflow.register_model(model.model_uri, name)
         return f"models:/{name}/{version.version}"
@@ -227,7 +233,7 @@ class StudyRuns:
         """The models logged by a run (MLflow's LoggedModel entities)."""
         import mlflow
 
-        mlflow.set_tracking_uri(self.tracking_uri)
+        self.use_fluent_api()
         # run ids are 32 hex characters, never user text
         return mlflow.search_logged_models(
             experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
@@ -296,6 +302,7 @@ class StudyRuns:
                 )
                 client.log_artifact(run_id, scratch / "observed_vs_predicted.png", "plots")
         if (checkpoint_dir / BEST_MODEL_FILE).exists():
+            self.use_fluent_api()
             serving.log_sequence_model(run_id, checkpoint_dir / BEST_MODEL_FILE)
             client.set_tag(run_id, "model_logged", "true")
         return state["history"]
