@@ -16,7 +16,14 @@ Shared storage is declared in one of two ways:
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlparse
+
+import yaml
+
+# `ray up` leaves the launcher config, node types included, here on the head; Ray Tune reads
+# the same file to tell a cluster from a laptop (ray.tune.execution.cluster_info).
+AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
 SHARED_STORAGE_HELP = (
     "pass --storage-path s3://BUCKET/PREFIX (or gs://...), or a path mounted at the same "
@@ -77,3 +84,22 @@ def check_storage(storage_path: str, shared: bool, trial_resources: dict) -> Non
     )
     if problem:
         raise StorageError(problem)
+
+
+def default_gpus_per_trial(cluster_resources: dict, autoscaler_config: Path = AUTOSCALER_CONFIG) -> float:
+    """1 GPU per trial when the cluster has GPUs or its autoscaler can start GPU workers, else 0.
+
+    `cluster_resources` is `ray.cluster_resources()`. A `ray up` cluster has no GPU until a
+    trial asks for one, so its resources alone would make every trial train on CPUs; the
+    node types in the autoscaler's config say that GPU workers will come.
+    """
+    if cluster_resources.get("GPU", 0) > 0:
+        return 1.0
+    path = Path(autoscaler_config).expanduser()
+    if not path.is_file():
+        return 0.0
+    config = yaml.safe_load(path.read_text()) or {}
+    head = config.get("head_node_type")
+    workers = [t for name, t in (config.get("available_node_types") or {}).items() if name != head]
+    can_start_gpus = any((t.get("resources") or {}).get("GPU", 0) > 0 and t.get("max_workers", 0) > 0 for t in workers)
+    return 1.0 if can_start_gpus else 0.0

@@ -94,19 +94,17 @@ def connect_ray(address: str | None, backend: str = "tensorflow") -> None:
     ray.init(address=address, runtime_env={"env_vars": env_vars}, include_dashboard=False, log_to_driver=True)
 
 
-def default_gpus_per_trial() -> float:
-    """1 GPU per trial when the cluster has GPUs, else CPU trials."""
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-
-
 def storage_path(config: StudyConfig) -> str:
     return config.storage_path or str(Path("ray_results").resolve())
 
 
 def run_study(config: StudyConfig, progress=print) -> dict:
     """Run (or resume) the study and return a summary of its trials, best first."""
+    tracking.check_tracking_server(config.tracking_uri)
     connect_ray(config.address, config.backend)
-    gpus = config.gpus_per_trial if config.gpus_per_trial is not None else default_gpus_per_trial()
+    gpus = config.gpus_per_trial
+    if gpus is None:
+        gpus = cluster.default_gpus_per_trial(ray.cluster_resources())
     cluster.check_storage(storage_path(config), config.shared_storage, {"CPU": config.cpus_per_trial, "GPU": gpus})
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
     import mlflow
