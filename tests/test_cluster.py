@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.cluster import storage_problem
+from search.cluster import default_gpus_per_trial, storage_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -132,6 +132,36 @@ def test_local_storage_is_refused_when_trials_wait_for_autoscaled_workers():
     assert "this node cannot run a trial (1 CPU, 1 GPU)" in problem and "autoscaler" in problem
     gpu_less = [node("box", CPU=16)]
     assert "(1 CPU, 1 GPU)" in storage_problem("ray_results", False, gpu_less, "box", {"CPU": 1, "GPU": 1})
+
+
+# The default GPUs per trial, from the cluster's resources and the autoscaler's node types
+
+
+def test_trials_ask_for_a_gpu_that_the_autoscaler_will_start():
+    # The cluster.yaml head alone, as `ray up` leaves it: no GPU yet, a GPU worker type declared.
+    assert default_gpus_per_trial({"CPU": 0.0, "memory": 2.0**34}, CLUSTER_YAML) == 1.0
+
+
+def test_trials_stay_on_cpus_where_no_gpu_is_or_can_come(tmp_path):
+    assert default_gpus_per_trial({"CPU": 8.0}, tmp_path / "no_such_config.yaml") == 0.0
+    config = load_cluster_yaml()
+    config["available_node_types"]["gpu_worker"]["resources"] = {"CPU": 16}
+    cpu_workers = tmp_path / "cpu_workers.yaml"
+    cpu_workers.write_text(yaml.safe_dump(config))
+    assert default_gpus_per_trial({"CPU": 0.0}, cpu_workers) == 0.0
+    config["available_node_types"]["gpu_worker"].update(resources={"CPU": 4, "GPU": 1}, max_workers=0)
+    cpu_workers.write_text(yaml.safe_dump(config))
+    assert default_gpus_per_trial({"CPU": 0.0}, cpu_workers) == 0.0
+    # A head whose own GPUs are declared does not make workers bring any.
+    config["available_node_types"]["head"]["resources"] = {"CPU": 0, "GPU": 1}
+    config["available_node_types"]["gpu_worker"]["resources"] = {"CPU": 16}
+    config["available_node_types"]["gpu_worker"]["max_workers"] = 8
+    cpu_workers.write_text(yaml.safe_dump(config))
+    assert default_gpus_per_trial({"CPU": 0.0}, cpu_workers) == 0.0
+
+
+def test_trials_use_the_gpus_a_cluster_has_now(tmp_path):
+    assert default_gpus_per_trial({"CPU": 8.0, "GPU": 2.0}, tmp_path / "no_such_config.yaml") == 1.0
 
 
 # A real cluster on loopback. Drivers are `dream-hpo` subprocesses, as on a real head: this
