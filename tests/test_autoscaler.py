@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import stat
@@ -399,18 +400,19 @@ def test_gpu_search_starts_workers_from_zero_and_they_go_when_idle(head, foregro
 def test_ray_job_submit_runs_the_same_search_detached(head, foreground, tmp_path):
     results_of_foreground = run_and_check_study(head, "foreground", foreground)
     head.wait_for(lambda: head.alive() == [HEAD_IP], "the idle GPU workers removed")
-    ray_cli = executable("ray")
-    job = "dream-hpo-search-detached"
-    command = head.search("detached", write_space(tmp_path), "--address", "auto",
-                          "--best-config", str(tmp_path / "best_config.json"))
-    submitted = subprocess.run([ray_cli, "job", "submit", "--address", head.dashboard, "--submission-id", job,
-                                "--no-wait", "--", *command], env=head.env, capture_output=True, text=True, timeout=120)
+    # The README's steps: the dashboard's address in RAY_ADDRESS; `bash -c '...'` so that the
+    # head's shell, not the submitting one, reads the command line (and expands its $VARIABLES).
+    ray_cli, env = executable("ray"), {**head.env, "RAY_ADDRESS": head.dashboard}
+    job = "search-detached"
+    entrypoint = shlex.join(head.search("detached", write_space(tmp_path), "--address", "auto",
+                                        "--best-config", str(tmp_path / "best_config.json")))
+    submitted = subprocess.run([ray_cli, "job", "submit", "--submission-id", job, "--no-wait", "--", "bash", "-c", entrypoint],
+                               env=env, capture_output=True, text=True, timeout=120)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-    followed = subprocess.run([ray_cli, "job", "logs", "--address", head.dashboard, "--follow", job],
-                              env=head.env, capture_output=True, text=True, timeout=600)
+    followed = subprocess.run([ray_cli, "job", "logs", "--follow", job], env=env, capture_output=True, text=True,
+                              timeout=600)
     assert followed.returncode == 0, followed.stderr[-3000:]
-    status = subprocess.run([ray_cli, "job", "status", "--address", head.dashboard, job], env=head.env,
-                            capture_output=True, text=True, timeout=120)
+    status = subprocess.run([ray_cli, "job", "status", job], env=env, capture_output=True, text=True, timeout=120)
     assert f"Job '{job}' succeeded" in status.stdout, followed.stdout[-5000:] + status.stdout
 
     detached = run_and_check_study(head, "detached", followed.stdout)
