@@ -262,7 +262,8 @@ def check_tracking_server(uri: str | None) -> None:
     except MlflowException as error:
         cause = re.search(r"\[Errno -?\d+\] [^\"')]+", str(error))
         reason = cause.group(0) if cause else str(error).splitlines()[0][:200]
-        raise ValueError(f"cannot reach the MLflow server at {uri} ({reason}); start it or fix --tracking-uri") from None
+        message = f"cannot reach the MLflow server at {uri} ({reason}); start it or fix --tracking-uri"
+        raise ValueError(message) from None
     if response.status_code == 401:
         problem = (
             f"refused the login of user {creds.username!r}" if creds.username

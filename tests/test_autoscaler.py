@@ -54,7 +54,7 @@ EXPERIMENT = "autoscaler"
 NODES = """
 import json, sys, ray
 ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
-print(json.dumps([{"ip": n["NodeManagerAddress"], "alive": n["Alive"], "resources": n["Resources"]} for n in ray.nodes()]))
+print(json.dumps([{"ip": n["NodeManagerAddress"], "alive": n["Alive"]} for n in ray.nodes()]))
 """
 
 
@@ -317,9 +317,10 @@ def test_mlflow_server_asks_every_request_for_the_generated_login(head):
     assert stat.S_IMODE(auth_env.stat().st_mode) == 0o600
     auth = head.auth
     assert auth["MLFLOW_TRACKING_USERNAME"] == "admin"
-    assert auth["MLFLOW_TRACKING_PASSWORD"] == auth["MLFLOW_AUTH_ADMIN_PASSWORD"] and len(auth["MLFLOW_TRACKING_PASSWORD"]) >= 24
-    login = base64.b64encode(f"admin:{auth['MLFLOW_TRACKING_PASSWORD']}".encode()).decode()
-    with urllib.request.urlopen(urllib.request.Request(search, headers={"Authorization": f"Basic {login}"}), timeout=60) as ok:
+    password = auth["MLFLOW_TRACKING_PASSWORD"]
+    assert password == auth["MLFLOW_AUTH_ADMIN_PASSWORD"] and len(password) >= 24
+    login = {"Authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()}
+    with urllib.request.urlopen(urllib.request.Request(search, headers=login), timeout=60) as ok:
         assert ok.status == 200
 
     # The next `ray up` runs the command again: the password the server knows stays.
@@ -406,8 +407,8 @@ def test_ray_job_submit_runs_the_same_search_detached(head, foreground, tmp_path
     job = "search-detached"
     entrypoint = shlex.join(head.search("detached", write_space(tmp_path), "--address", "auto",
                                         "--best-config", str(tmp_path / "best_config.json")))
-    submitted = subprocess.run([ray_cli, "job", "submit", "--submission-id", job, "--no-wait", "--", "bash", "-c", entrypoint],
-                               env=env, capture_output=True, text=True, timeout=120)
+    submit = [ray_cli, "job", "submit", "--submission-id", job, "--no-wait", "--", "bash", "-c", entrypoint]
+    submitted = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     followed = subprocess.run([ray_cli, "job", "logs", "--follow", job], env=env, capture_output=True, text=True,
                               timeout=600)
@@ -421,3 +422,15 @@ def test_ray_job_submit_runs_the_same_search_detached(head, foreground, tmp_path
         assert learning_rate == results_of_foreground[number][0]
         assert pearson == pytest.approx(results_of_foreground[number][1], abs=1e-4), number
     assert (tmp_path / "best_config.json").exists()
+
+
+def test_an_unreachable_mlflow_server_is_one_line_and_a_local_store_is_not_checked(tmp_path):
+    from search.tracking import check_tracking_server
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ValueError) as refused:
+        check_tracking_server(closed)
+    assert str(refused.value) == (
+        f"cannot reach the MLflow server at {closed} ([Errno 111] Connection refused); start it or fix --tracking-uri"
+    )
+    assert check_tracking_server(f"sqlite:///{tmp_path}/mlflow.db") is None and check_tracking_server(None) is None
