@@ -16,7 +16,14 @@ Shared storage is declared in one of two ways:
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlparse
+
+import yaml
+
+# `ray up` leaves the launcher config, node types included, here on the head; Ray Tune reads
+# the same file to tell a cluster from a laptop (ray.tune.execution.cluster_info).
+AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
 SHARED_STORAGE_HELP = (
     "pass --storage-path s3://BUCKET/PREFIX (or gs://...), or a path mounted at the same "
@@ -79,22 +86,38 @@ def check_storage(storage_path: str, shared: bool, trial_resources: dict) -> Non
         raise StorageError(problem)
 
 
-def default_gpus_per_trial() -> float:
-    """1 GPU per trial when the cluster has GPUs, else CPU trials."""
-    import ray
+def default_gpus_per_trial(cluster_resources: dict, autoscaler_config: Path = AUTOSCALER_CONFIG) -> float:
+    """1 GPU per trial when the cluster has GPUs or its autoscaler can start GPU workers, else 0.
 
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    `cluster_resources` is `ray.cluster_resources()`. A `ray up` cluster has no GPU until a
+    trial asks for one, so its resources alone would make every trial train on CPUs; the
+    node types in the autoscaler's config say that GPU workers will come.
+    """
+    return 1.0 if cluster_resources.get("GPU", 0) > 0 or autoscaler_starts_gpus(autoscaler_config) else 0.0
 
 
-def warn_if_no_gpus(gpus_per_trial: float) -> None:
-    """Trials that ask for GPUs on a cluster without any wait for the autoscaler: say so."""
+def autoscaler_starts_gpus(autoscaler_config: Path = AUTOSCALER_CONFIG) -> bool:
+    """Whether this cluster's autoscaler config declares GPU worker types it may start."""
+    path = Path(autoscaler_config).expanduser()
+    if not path.is_file():
+        return False
+    config = yaml.safe_load(path.read_text()) or {}
+    head = config.get("head_node_type")
+    workers = [t for name, t in (config.get("available_node_types") or {}).items() if name != head]
+    return any((t.get("resources") or {}).get("GPU", 0) > 0 and t.get("max_workers", 0) > 0 for t in workers)
+
+
+def warn_if_no_gpus(gpus_per_trial: float, cluster_resources: dict) -> None:
+    """Trials that ask for GPUs where none is up: say whether the autoscaler will add some."""
     import sys
 
-    import ray
-
-    if gpus_per_trial > 0 and ray.cluster_resources().get("GPU", 0) == 0:
+    if gpus_per_trial <= 0 or cluster_resources.get("GPU", 0) > 0:
+        return
+    if autoscaler_starts_gpus():
+        print(f"waiting for the autoscaler to start GPU workers ({gpus_per_trial:g} GPU per trial)", file=sys.stderr)
+    else:
         print(
-            f"warning: each trial asks for {gpus_per_trial:g} GPU but the cluster has none now; trials wait "
-            "until the autoscaler adds GPU workers (pass --gpus-per-trial 0 to train on CPUs)",
+            f"warning: each trial asks for {gpus_per_trial:g} GPU but the cluster has none and no autoscaler "
+            "GPU workers: trials wait until GPU nodes join (pass --gpus-per-trial 0 to train on CPUs)",
             file=sys.stderr,
         )

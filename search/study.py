@@ -242,15 +242,18 @@ def quiet_driver() -> None:
 def run_study(config: StudyConfig, progress=print) -> dict:
     """Run (or resume) the study and return a summary of its trials, best first."""
     manifest = check_study(config)
+    tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
+    tracking.check_tracking_server(tracking_uri)
     if not config.verbose:
         quiet_driver()
+    import ray
     from ray import tune
 
     connect_ray(config.address, config.backend, config.verbose)
-    gpus = config.gpus_per_trial if config.gpus_per_trial is not None else cluster.default_gpus_per_trial()
+    resources = ray.cluster_resources()
+    gpus = config.gpus_per_trial if config.gpus_per_trial is not None else cluster.default_gpus_per_trial(resources)
     cluster.check_storage(storage_path(config), config.shared_storage, {"CPU": config.cpus_per_trial, "GPU": gpus})
-    cluster.warn_if_no_gpus(gpus)
-    tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
+    cluster.warn_if_no_gpus(gpus, resources)
     runs = tracking.StudyRuns(tracking_uri, config.experiment, config.name, str(Path(config.data_dir).resolve()), manifest)
     space = config.space or {}
     point = baseline_point(space, config.fixed) if space else {}

@@ -442,3 +442,42 @@ def existing_tracking_store(uri: str | None) -> str:
             "a directory (file:///PATH), databricks, or postgresql/mysql/mssql://..."
         )
     return resolved
+
+
+def check_tracking_server(uri: str | None) -> None:
+    """Refuse an MLflow server that cannot be reached or refuses the login, in one line and seconds.
+
+    Without this, MLflow's client retries for minutes and fails with a traceback only when
+    the first trial starts. Credentials come from where MLflow reads them:
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials).
+    """
+    if not uri or not uri.startswith(("http://", "https://")):
+        return
+    import re
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    try:
+        response = http_request(
+            creds, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0, timeout=10,
+            params={"max_results": 1}, raise_on_status=False,
+        )
+    except MlflowException as error:
+        cause = re.search(r"\[Errno -?\d+\] [^\"')]+", str(error))
+        reason = cause.group(0) if cause else str(error).splitlines()[0][:200]
+        message = f"cannot reach the MLflow server at {uri} ({reason}); start it or fix --tracking-uri"
+        raise ValueError(message) from None
+    if response.status_code == 401:
+        problem = (
+            f"refused the login of user {creds.username!r}" if creds.username
+            else "needs a login, and MLFLOW_TRACKING_USERNAME is not set"
+        )
+        raise ValueError(
+            f"the MLflow server at {uri} {problem} (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to an account on that server"
+        )
+    if response.status_code != 200:
+        raise ValueError(f"the MLflow server at {uri} answered HTTP {response.status_code} to a search of experiments")

@@ -1,10 +1,10 @@
 """The multi-node path: cluster.yaml, the shared-storage check, and a real cluster on loopback.
 
-The slow tests share one cluster: a head (no CPUs, so it runs drivers but never trials)
-and two one-CPU workers, each a `ray start --block` process with its own temp dir and
-its own loopback address (127.0.0.x), so the `node_ip` a trial reports names its node.
-A real `mlflow server` on a loopback port is the tracking server, and one temporary
-directory plays the shared file system that holds the data and the checkpoints.
+The slow tests share one cluster started from the README's on-premises recipe, line by
+line: a head (no CPUs, so it runs drivers but never trials) and two one-CPU workers, each
+a `ray start` process with its own temp dir and its own loopback address (127.0.0.x), so
+the `node_ip` a trial reports names its node; the recipe's `mlflow server` on a loopback
+port; one temporary directory as the shared mount that holds data, checkpoints and MLflow.
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.cluster import storage_problem
+from search.cluster import default_gpus_per_trial, storage_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
+README = ROOT / "README.md"
+RECIPE = "<!-- on-premises recipe:"
 # A small but real configuration, as in test_baseline.py, so CPU trials take seconds per epoch
 # (XLA compilation alone costs about a minute per trial process on CPU).
 TINY = {"channels": 48, "stem_width": 5, "tower_width": 4, "transformer_layers": 1, "batch_size": 64, "jit_compile": False}
@@ -134,6 +136,36 @@ def test_local_storage_is_refused_when_trials_wait_for_autoscaled_workers():
     assert "(1 CPU, 1 GPU)" in storage_problem("ray_results", False, gpu_less, "box", {"CPU": 1, "GPU": 1})
 
 
+# The default GPUs per trial, from the cluster's resources and the autoscaler's node types
+
+
+def test_trials_ask_for_a_gpu_that_the_autoscaler_will_start():
+    # The cluster.yaml head alone, as `ray up` leaves it: no GPU yet, a GPU worker type declared.
+    assert default_gpus_per_trial({"CPU": 0.0, "memory": 2.0**34}, CLUSTER_YAML) == 1.0
+
+
+def test_trials_stay_on_cpus_where_no_gpu_is_or_can_come(tmp_path):
+    assert default_gpus_per_trial({"CPU": 8.0}, tmp_path / "no_such_config.yaml") == 0.0
+    config = load_cluster_yaml()
+    config["available_node_types"]["gpu_worker"]["resources"] = {"CPU": 16}
+    cpu_workers = tmp_path / "cpu_workers.yaml"
+    cpu_workers.write_text(yaml.safe_dump(config))
+    assert default_gpus_per_trial({"CPU": 0.0}, cpu_workers) == 0.0
+    config["available_node_types"]["gpu_worker"].update(resources={"CPU": 4, "GPU": 1}, max_workers=0)
+    cpu_workers.write_text(yaml.safe_dump(config))
+    assert default_gpus_per_trial({"CPU": 0.0}, cpu_workers) == 0.0
+    # A head whose own GPUs are declared does not make workers bring any.
+    config["available_node_types"]["head"]["resources"] = {"CPU": 0, "GPU": 1}
+    config["available_node_types"]["gpu_worker"]["resources"] = {"CPU": 16}
+    config["available_node_types"]["gpu_worker"]["max_workers"] = 8
+    cpu_workers.write_text(yaml.safe_dump(config))
+    assert default_gpus_per_trial({"CPU": 0.0}, cpu_workers) == 0.0
+
+
+def test_trials_use_the_gpus_a_cluster_has_now(tmp_path):
+    assert default_gpus_per_trial({"CPU": 8.0, "GPU": 2.0}, tmp_path / "no_such_config.yaml") == 1.0
+
+
 # A real cluster on loopback. Drivers are `dream-hpo` subprocesses, as on a real head: this
 # process never joins the cluster, so Ray's per-process settings (token auth is read when
 # Ray is imported) cannot leak into other test modules.
@@ -177,6 +209,21 @@ def executable(name: str) -> str:
     return shutil.which(name, path=str(Path(sys.executable).parent)) or name
 
 
+def on_premises_recipe() -> list[str]:
+    """The command lines of the README's on-premises recipe, comments left out."""
+    text = README.read_text()
+    block = text[text.index(RECIPE):]
+    block = block[block.index("```bash\n") + len("```bash\n") :]
+    block = block[: block.index("\n```")]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_on_premises_recipe_is_what_the_loopback_cluster_runs():
+    # Every line is one of the steps LoopbackCluster.recipe takes, in the order the fixture runs them.
+    steps = ["ray start --head ", "mkdir -p ", "mlflow server ", "ray start --address=", "dream-hpo search "]
+    assert [next(s for s in steps if line.startswith(s)) for line in on_premises_recipe()] == steps
+
+
 # Run in a subprocess with the cluster's environment: until these node IPs are the alive ones.
 WAIT_FOR_NODES = """
 import sys, time, ray
@@ -188,13 +235,13 @@ while sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]) != sys.
 
 @dataclass
 class LoopbackCluster:
-    root: Path  # short, for Ray's unix sockets; also the MLflow server's files
-    shared: Path  # the "shared file system": data and checkpoints
+    root: Path  # short, for Ray's unix sockets
+    shared: Path  # the README's /shared: data, checkpoints, the MLflow database and artifacts
     env: dict
     port: int = field(default_factory=free_port)
+    mlflow_port: int = field(default_factory=free_port)
     nodes: dict[str, subprocess.Popen] = field(default_factory=dict)
     mlflow: subprocess.Popen | None = None
-    tracking_uri: str = ""
 
     @property
     def address(self) -> str:
@@ -206,23 +253,45 @@ class LoopbackCluster:
 
     @property
     def data(self) -> Path:
-        return self.shared / "prepared"
+        return self.shared / "data" / "dream-full"
+
+    @property
+    def tracking_uri(self) -> str:
+        command = self.recipe("dream-hpo search ")
+        return command[command.index("--tracking-uri") + 1]
 
     def workers(self) -> set[str]:
         return set(self.nodes) - {HEAD_IP}
 
+    def recipe(self, start: str) -> list[str]:
+        """The README's command that starts with `start`, its placeholders filled in for this machine.
+
+        HEAD_IP is 127.0.0.2 for Ray, which rewrites 127.0.0.1 to the machine's address, and
+        127.0.0.1 for MLflow, whose server accepts no other loopback address by default.
+        """
+        [line] = [line for line in on_premises_recipe() if line.startswith(start)]
+        line = line.replace("--host $HEAD_IP", "--host 127.0.0.1").replace("$HEAD_IP:5000", "127.0.0.1:5000")
+        line = line.replace("$HEAD_IP", HEAD_IP).replace("6379", str(self.port))
+        line = line.replace("5000", str(self.mlflow_port)).replace("/shared", str(self.shared))
+        words = shlex.split(line)
+        return [executable(words[0]), *words[1:]]
+
     def start_node(self, ip: str) -> None:
-        """`ray start --block` for one node; the head has no CPUs, so trials run on workers."""
+        """The recipe's `ray start` for one node, plus what several nodes on one machine need apart.
+
+        Each node blocks (so it is ours to kill), has its own temp dir and ports, no GPUs, and a
+        small object store; the workers one CPU each.
+        """
         if ip == HEAD_IP:
-            role = ["--head", f"--port={self.port}", "--num-cpus=0", f"--ray-client-server-port={free_port()}",
-                    "--include-dashboard=false", f"--dashboard-port={free_port()}"]
+            command = [*self.recipe("ray start --head "), f"--ray-client-server-port={free_port()}",
+                       "--include-dashboard=false", f"--dashboard-port={free_port()}"]
         else:
-            role = [f"--address={self.address}", "--num-cpus=1"]
+            command = [*self.recipe("ray start --address="), f"--node-ip-address={ip}", "--num-cpus=1"]
         with open(self.root / f"{ip}.log", "ab") as log:
             self.nodes[ip] = subprocess.Popen(
-                [executable("ray"), "start", "--block", *role, f"--node-ip-address={ip}", "--num-gpus=0",
-                 f"--temp-dir={self.root / ip.rsplit('.', 1)[1]}", f"--dashboard-agent-listen-port={free_port()}",
-                 "--object-store-memory=100000000", "--disable-usage-stats", "--log-style=record"],
+                [*command, "--block", "--num-gpus=0", f"--temp-dir={self.root / ip.rsplit('.', 1)[1]}",
+                 f"--dashboard-agent-listen-port={free_port()}", "--object-store-memory=100000000",
+                 "--disable-usage-stats", "--log-style=record"],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
 
@@ -242,15 +311,13 @@ class LoopbackCluster:
             raise AssertionError(f"nodes {sorted(self.nodes)}: {problem}; node logs: {logs}")
 
     def start_mlflow(self) -> None:
-        port = free_port()
+        """The recipe's `mkdir` and `mlflow server` (one worker process is enough here)."""
+        subprocess.run(self.recipe("mkdir -p "), check=True)
         with open(self.root / "mlflow.log", "ab") as log:
             self.mlflow = subprocess.Popen(
-                [executable("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                 "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
-                 "--serve-artifacts", "--artifacts-destination", str(self.root / "mlartifacts")],
+                [*self.recipe("mlflow server "), "--workers", "1"],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
             )
-        self.tracking_uri = f"http://127.0.0.1:{port}"
 
     def wait_for_mlflow(self, timeout: float = 120) -> None:
         deadline = time.time() + timeout
@@ -266,12 +333,12 @@ class LoopbackCluster:
             time.sleep(0.5)
 
     def dream_hpo(self, command: str, name: str, *extra: str) -> list[str]:
-        """A `dream-hpo` command line for this cluster with the tiny model, shared storage declared."""
+        """The recipe's `dream-hpo search` as `command`, with the tiny model in the experiment 'cluster'."""
         tiny = [f"--set={key}={json.dumps(value)}" for key, value in TINY.items() if key != "batch_size"]
+        [program, _, *recipe] = self.recipe("dream-hpo search ")
+        recipe[recipe.index("--name") : recipe.index("--name") + 2] = []
         return [
-            sys.executable, "-m", "search.cli", command, "--address", self.address, "--name", name,
-            "--data", str(self.data), "--experiment", "cluster", "--tracking-uri", self.tracking_uri,
-            "--storage-path", str(self.storage), "--shared-storage", "--gpus-per-trial", "0",
+            program, command, *recipe, "--name", name, "--experiment", "cluster", "--gpus-per-trial", "0",
             "--batch-size", str(TINY["batch_size"]), *tiny, *extra,
         ]
 
@@ -308,12 +375,13 @@ def cluster(tmp_path_factory):
     )
     loopback = LoopbackCluster(root=root, shared=shared, env=env)
     try:
-        loopback.start_mlflow()
+        # In the README's order: the head, its MLflow server, then each worker.
         loopback.start_node(HEAD_IP)
-        write_synthetic(shared / "synthetic.txt", 900, seed=5)
-        prepare(shared / "synthetic.txt", loopback.data, eval_size=300, split_seed=0)
+        loopback.start_mlflow()
         for ip in ("127.0.0.3", "127.0.0.4"):
             loopback.start_node(ip)
+        write_synthetic(root / "synthetic.txt", 900, seed=5)
+        prepare(root / "synthetic.txt", loopback.data, eval_size=300, split_seed=0)
         loopback.wait_for_nodes()
         loopback.wait_for_mlflow()
         yield loopback
@@ -376,7 +444,7 @@ def test_search_trials_run_on_both_workers_and_log_to_the_mlflow_server(cluster,
     client, [parent], children = study_runs(cluster.tracking_uri, "spread")
     assert parent.info.status == "FINISHED"
     assert len(children) == 2 and len({c.data.tags["ray_trial_id"] for c in children}) == 2
-    stored = list((cluster.root / "mlartifacts").rglob("training_curve.png"))
+    stored = list((cluster.shared / "mlflow" / "artifacts").rglob("training_curve.png"))
     for child in children:
         assert child.info.status == "FINISHED" and steps(client, child) == [1, 2]
         # Logged over HTTP: the server, not the driver, wrote the artifacts into its --artifacts-destination.
