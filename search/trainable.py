@@ -92,15 +92,14 @@ def train_trial(config: dict) -> None:
     data = PreparedData.load(data_dir)
     policy = set_precision(train_config)
     keras.utils.set_random_seed(train_config.seed)
-    training_model = build_training_model(model_config)
-    compile_for_training(training_model, train_config)
-    training_model.optimizer.build(training_model.trainable_variables)
-    core = core_model(training_model)
-
     batch_size = min(train_config.batch_size, len(data.train_index))
     train_batches = CodeBatches(
         WindowBatches(data.codes, data.targets, data.train_index, batch_size, train_config.seed, augment=True)
     )
+    training_model = build_training_model(model_config)
+    compile_for_training(training_model, train_config, steps_per_epoch=len(train_batches))
+    training_model.optimizer.build(training_model.trainable_variables)
+    core = core_model(training_model)
 
     state = TrialState()
     checkpoint = tune.get_checkpoint()
