@@ -1,6 +1,7 @@
-"""The mini-Enformer in Keras 3: configs, layers, model, training pieces, metrics, saving."""
+"""The mini-Enformer in Keras 3: configs, layers, model, training pieces, metrics, saving, and its k-mer reference."""
 
 from model.config import ModelConfig, TrainConfig, split_config
+from model.kmer_reference import kmer_reference
 from model.layers import BaseOneHot, RelativeMultiHeadAttention
 from model.metrics import mse, paired_pearson_difference, pearson, pearson_interval, poisson, spearman
 from model.mini_enformer import build_model, build_training_model, core_model
@@ -26,6 +27,7 @@ __all__ = [
     "compile_for_training",
     "core_model",
     "export_serving",
+    "kmer_reference",
     "learning_rate_schedule",
     "load_model",
     "make_optimizer",
