@@ -183,6 +183,8 @@ def kmer_reference(data_dir, max_fit_rows: int = MAX_FIT_ROWS, seed: int = 0) ->
         "eval_size": data.manifest["eval_size"],
         "max_fit_rows": max_fit_rows,
         "seed": seed,
+        "folds": FOLDS,
+        "penalties": list(PENALTIES),
     }
     cache = Path(data_dir) / CACHE_FILE
     if cache.exists():
@@ -205,12 +207,15 @@ def kmer_reference(data_dir, max_fit_rows: int = MAX_FIT_ROWS, seed: int = 0) ->
         "n_fit": int(len(train_rows)),
         "n_train": int(len(data.train_index)),
         "n_eval": int(len(data.eval_index)),
-        "folds": FOLDS,
         "kmer_sizes": list(KMER_SIZES),
         "window_length": WINDOW_LENGTH,
         "seconds": round(time.perf_counter() - started, 2),
     }
     scratch = cache.with_name(f".{CACHE_FILE}.{uuid.uuid4().hex[:12]}.tmp")
-    scratch.write_text(json.dumps(result))
-    os.replace(scratch, cache)
+    try:
+        scratch.write_text(json.dumps(result))
+        os.replace(scratch, cache)
+    except OSError:
+        # A read-only prepared directory (shared data) still gets its reference, just not cached.
+        scratch.unlink(missing_ok=True)
     return result

@@ -39,6 +39,9 @@ class StrandAveraged(keras.layers.Wrapper):
     """
 
     def __init__(self, layer, seed: int | None = None, **kwargs):
+        # float32 like BaseOneHot, so under mixed precision the one-hot reaches the core
+        # unrounded and the two strands' float32 predictions are averaged in float32.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(layer, **kwargs)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)

@@ -22,6 +22,7 @@ from model import (
     resolve_batch_size,
     reverse_complement_codes,
     save_model,
+    set_precision,
 )
 from model.strand import reverse_complement
 from model.training import ONE_CYCLE_END, ONE_CYCLE_START
@@ -200,6 +201,17 @@ def test_strand_averaged_model_is_strand_symmetric_and_round_trips(tmp_path):
     reloaded = tf.saved_model.load(str(tmp_path / "serving"))  # kept: its functions need it alive
     served = reloaded.serve(tf.constant(one_hot(codes))).numpy()
     np.testing.assert_allclose(served, forward, rtol=1e-5, atol=1e-6)
+
+
+def test_strand_averaged_model_keeps_float32_under_mixed_precision():
+    try:
+        set_precision(TrainConfig(mixed_precision=True))
+        training = compile_for_training(build_training_model(ModelConfig(channels=48, transformer_layers=1, rc_augment=True)), TrainConfig(jit_compile=False))
+        assert core_model(training).get_layer("strand_averaged").layer.get_layer("transformer").compute_dtype == "bfloat16"
+        assert np.isfinite(training.train_on_batch(random_codes(4), np.ones(4, dtype="float32")))
+        assert training.predict(random_codes(2), verbose=0).dtype == np.float32
+    finally:
+        set_precision(TrainConfig(mixed_precision=False))
 
 
 def test_training_draws_a_seeded_random_strand_per_example():
