@@ -1,4 +1,4 @@
-"""The mini-Enformer in Keras 3: configs, layers, model, training pieces, metrics, saving.
+"""The mini-Enformer in Keras 3: configs, layers, model, training pieces, metrics, saving, and its k-mer reference.
 
 Names are imported on first use (PEP 562), so `model.config` and `model.metrics`
 load without Keras: a study's driver validates configs and reads metrics without
@@ -13,7 +13,10 @@ _HOMES = {
     "split_config": "model.config",
     "BaseOneHot": "model.layers",
     "RelativeMultiHeadAttention": "model.layers",
+    "kmer_reference": "model.kmer_reference",
     "mse": "model.metrics",
+    "paired_pearson_difference": "model.metrics",
+    "pearson_interval": "model.metrics",
     "pearson": "model.metrics",
     "poisson": "model.metrics",
     "spearman": "model.metrics",
@@ -23,9 +26,13 @@ _HOMES = {
     "export_serving": "model.saving",
     "load_model": "model.saving",
     "save_model": "model.saving",
+    "StrandAveraged": "model.strand",
+    "reverse_complement_codes": "model.strand",
     "compile_for_training": "model.training",
+    "learning_rate_schedule": "model.training",
     "make_optimizer": "model.training",
     "poisson_loss": "model.training",
+    "resolve_batch_size": "model.training",
     "set_precision": "model.training",
 }
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 POOLINGS = ("max", "average")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "one_cycle", "warmup_cosine")
 
 # Enformer's relative-position basis: three functions (exponential, central
 # mask, gamma), each doubled by a sign-symmetric copy.
@@ -34,6 +35,11 @@ def _check_fraction(cls_name: str, name: str, value: Any) -> None:
     _check_number(cls_name, name, value)
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{cls_name}.{name} must be in [0, 1); got {value!r}.")
+
+
+def _check_bool(cls_name: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{cls_name}.{name} must be True or False; got {value!r}.")
 
 
 def _check_choice(cls_name: str, name: str, value: Any, allowed: tuple) -> None:
@@ -70,7 +76,12 @@ class _Config:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(_Config):
-    """Architecture knobs of the mini-Enformer; defaults are the seed's 192/5/4/4."""
+    """Architecture knobs of the mini-Enformer; defaults are the seed's 192/5/4/4.
+
+    `rc_augment` lives here, not in TrainConfig, because it changes the saved model:
+    training sees each example on a random strand, and the evaluated and served
+    model averages both strands (model.strand).
+    """
 
     channels: int = 192
     stem_width: int = 5
@@ -85,6 +96,7 @@ class ModelConfig(_Config):
     final_dropout: float = 0.05
     pooling: str = "max"
     sequence_length: int = 85
+    rc_augment: bool = False
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -107,6 +119,7 @@ class ModelConfig(_Config):
         ):
             _check_fraction(name, field, getattr(self, field))
         _check_choice(name, "pooling", self.pooling, POOLINGS)
+        _check_bool(name, "rc_augment", self.rc_augment)
         if self.channels % 4:
             raise ValueError(
                 f"{name}.channels must be divisible by 4 (the stem has channels/4 "
@@ -129,7 +142,11 @@ class ModelConfig(_Config):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(_Config):
-    """Optimiser and loop knobs; defaults are the seed's recipe (SGD 0.01, momentum 0.9).
+    """Optimiser and loop knobs; defaults are the seed's recipe (SGD 0.01, momentum 0.9, constant).
+
+    `learning_rate` is the peak rate of the "one_cycle" and "warmup_cosine" schedules,
+    which rise over the first `warmup_fraction` of all optimizer steps
+    (model.training.learning_rate_schedule). `momentum` applies to SGD only.
 
     `mixed_precision` (mixed_bfloat16, float32 loss and output) and `jit_compile`
     (XLA) take True, False or "auto", which `model.devices` resolves for the device
@@ -139,6 +156,8 @@ class TrainConfig(_Config):
     learning_rate: float = 0.01
     momentum: float = 0.9
     optimizer: str = "sgd"
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.1
     weight_decay: float = 0.0
     batch_size: int = 10_000
     epochs: int = 10
@@ -155,6 +174,8 @@ class TrainConfig(_Config):
             )
         _check_fraction(name, "momentum", self.momentum)
         _check_choice(name, "optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice(name, "lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_fraction(name, "warmup_fraction", self.warmup_fraction)
         _check_number(name, "weight_decay", self.weight_decay)
         if self.weight_decay < 0:
             raise ValueError(

@@ -17,6 +17,7 @@ import numpy as np
 
 from model.config import ModelConfig
 from model.layers import NUM_BASES, BaseOneHot, RelativeMultiHeadAttention
+from model.strand import strand_averaged
 
 CORE_NAME = "mini_enformer"
 TOWER_DIVISIBLE_BY = 32
@@ -148,12 +149,16 @@ PARTS = (stem, conv_tower, transformer, final_pointwise, head)
 
 
 def build_model(config: ModelConfig) -> keras.Model:
-    """The core model: float one-hot (batch, L, 4) -> (batch, 1) float32; save and serve this one."""
+    """The core model: float one-hot (batch, L, 4) -> (batch, 1) float32; save and serve this one.
+
+    With `rc_augment` it is wrapped so it averages both strands (model.strand).
+    """
     inputs = keras.Input((config.sequence_length, NUM_BASES), dtype="float32", name="one_hot")
     x = inputs
     for part in PARTS:
         x = part(config, tuple(x.shape[1:]))(x)
-    return keras.Model(inputs, x, name=CORE_NAME)
+    core = keras.Model(inputs, x, name=CORE_NAME)
+    return strand_averaged(core) if config.rc_augment else core
 
 
 def build_training_model(config: ModelConfig) -> keras.Model:

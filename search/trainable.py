@@ -101,15 +101,26 @@ def train_trial(config: dict) -> None:
 
     from data_prep import PreparedData
     from data_prep.batches import WindowBatches
-    from model import build_training_model, compile_for_training, core_model, save_model, set_precision
+    from model import (
+        build_training_model,
+        compile_for_training,
+        core_model,
+        resolve_batch_size,
+        save_model,
+        set_precision,
+    )
     from model.inputs import CodeBatches
 
     model_config, train_config, data_dir = split_trial_config(config)
     data = PreparedData.load(data_dir)
     policy = set_precision(train_config)
     keras.utils.set_random_seed(train_config.seed)
+    batch_size = resolve_batch_size(train_config.batch_size, len(data.train_index))
+    train_batches = CodeBatches(
+        WindowBatches(data.codes, data.targets, data.train_index, batch_size, train_config.seed, augment=True)
+    )
     training_model = build_training_model(model_config)
-    compile_for_training(training_model, train_config)
+    compile_for_training(training_model, train_config, steps_per_epoch=len(train_batches))
     training_model.optimizer.build(training_model.trainable_variables)
     core = core_model(training_model)
     from model.mini_enformer import tower_filters
@@ -117,16 +128,15 @@ def train_trial(config: dict) -> None:
     derived = {
         "trainable_parameters": int(sum(np.prod(v.shape) for v in training_model.trainable_variables)),
         "conv_tower_filters": "/".join(str(f) for f in tower_filters(model_config.channels, model_config.tower_blocks)),
+        "resolved_batch_size": batch_size,
         "resolved_mixed_precision": policy,
         "resolved_jit_compile": bool(training_model.jit_compile),
     }
-
-    batch_size = min(train_config.batch_size, len(data.train_index))
-    derived["resolved_batch_size"] = batch_size
     hardware = f"{devices.describe()}, {policy}, XLA {'on' if training_model.jit_compile else 'off'}"
-    train_batches = CodeBatches(
-        WindowBatches(data.codes, data.targets, data.train_index, batch_size, train_config.seed, augment=True)
-    )
+    training_model = build_training_model(model_config)
+    compile_for_training(training_model, train_config, steps_per_epoch=len(train_batches))
+    training_model.optimizer.build(training_model.trainable_variables)
+    core = core_model(training_model)
 
     state = TrialState()
     checkpoint = tune.get_checkpoint()
