@@ -28,6 +28,9 @@ from data_prep.encoding import N_CODE, SEQUENCE_WIDTH, WINDOW_LENGTH, WINDOW_STA
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+# Caches dream-hpo derives from a prepared set and keeps beside it; part of its layout.
+KMER_REFERENCE_FILE = "kmer_reference.json"
+DERIVED_FILES = (KMER_REFERENCE_FILE,)
 ARRAYS = ("codes", "targets", "train_index", "eval_index")
 DEFAULT_EVAL_SIZE = 10_000
 DEFAULT_EVAL_RULE = f"the smaller of {DEFAULT_EVAL_SIZE:,} and 10 % of the sequences"
@@ -122,7 +125,8 @@ def _prepared_files(directory: Path) -> set[str] | None:
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
         arrays = manifest.get("arrays") or {name: {"file": f"{name}.npy"} for name in ARRAYS}
-        return {MANIFEST, *(str(spec["file"]) for spec in arrays.values())}
+        derived = {name for name in DERIVED_FILES if (directory / name).is_file()}
+        return {MANIFEST, *(str(spec["file"]) for spec in arrays.values()), *derived}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 

@@ -44,3 +44,14 @@ def predict_codes(
         if progress:
             progress(int(rows[-1]) + 1, len(codes))
     return predictions
+
+
+def predict_mean(
+    models: list[keras.Model],
+    codes: np.ndarray,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """The mean of several models' predictions (an ensemble; one model is itself)."""
+    predictions = [predict_codes(model, codes, batch_size, progress) for model in models]
+    return np.mean(predictions, axis=0).astype(np.float32)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.encoding import N_CODE, WINDOW_LENGTH, window
+from data_prep.prepare import KMER_REFERENCE_FILE as CACHE_FILE
 from model.metrics import pearson
 
 KMER_SIZES = (4, 5, 6)
@@ -38,7 +39,6 @@ FOLDS = 3
 # sequences the fit uses a seeded subsample.
 MAX_FIT_ROWS = 100_000
 CHUNK_ROWS = 2_048
-CACHE_FILE = "kmer_reference.json"
 CACHE_VERSION = 1
 
 

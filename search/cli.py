@@ -175,6 +175,7 @@ def cmd_search(args) -> int:
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
         register_as=args.register_as,
+        ensemble_size=args.ensemble_size,
     )
     summary = run_study(config)
     print()
@@ -188,6 +189,15 @@ def cmd_search(args) -> int:
         print("\nno trial finished with a finite eval Pearson and a logged model; see the reasons above", file=sys.stderr)
     if summary.get("registered"):
         print(f"best model registered as {summary['registered']}")
+    if summary.get("ensemble"):
+        ensemble = summary["ensemble"]
+        interval, delta = ensemble["interval"], ensemble["vs_best"]
+        print(
+            f"ensemble of the top {len(ensemble['members'])}: eval r {interval['estimate']:.3f} "
+            f"[{interval['low']:.3f}, {interval['high']:.3f}], vs the single best {delta['estimate']:+.3f} "
+            f"[{delta['low']:+.3f}, {delta['high']:+.3f}]"
+            + (f"; registered as {ensemble['registered']}" if ensemble["registered"] else "")
+        )
     print_ui_hint(args)
     return 0 if best else 1
 
@@ -397,7 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
         "seed's 192/5/4/4 (always the first trial), with Optuna's TPE sampler and ASHA early stopping.",
     )
     add_cluster_arguments(search)
-    search.add_argument("--space", type=Path, help="search space file (.yaml or .toml; default: the built-in space)")
+    search.add_argument(
+        "--space",
+        help="'extended' (adds optimizer, schedule, weight decay, batch size, dropouts, reverse-complement "
+        "averaging) or a search space file (.yaml or .toml); default: the seed's five dimensions",
+    )
     search.add_argument(
         "--num-trials", type=int, help=f"trials, the baseline included (default: 20; quick: {QUICK_SEARCH['num_trials']})"
     )
@@ -409,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--batch-size", type=int, help="batch size unless searched (default: 10,000; quick: 256)")
     search.add_argument("--name", help="study name (default: search-DATE-TIME); --resume needs it")
     search.add_argument("--register-as", default="dream-hpo-best", help="Model Registry name for the best model (default: %(default)s)")
+    search.add_argument(
+        "--ensemble-size",
+        type=int,
+        default=3,
+        help="average the top K finished trials into one model, scored and registered as NAME-ensemble "
+        "(default: %(default)s; 0 turns it off). The single best stays the registered default",
+    )
     search.add_argument("--best-config", type=Path, help="where to write the best config (default: NAME-best_config.json)")
     search.add_argument(
         "--quick",

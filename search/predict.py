@@ -40,12 +40,12 @@ def resolve_model(spec: str) -> str:
     )
 
 
-def load_keras_model(model: str, tracking_uri: str | None = None):
-    """The Keras model behind a resolved `.keras` path or MLflow URI."""
+def load_keras_models(model: str, tracking_uri: str | None = None) -> list:
+    """The Keras model(s) behind a resolved `.keras` path or MLflow URI (an ensemble has several)."""
     if not model.startswith(MLFLOW_SCHEMES):
         from model import load_model
 
-        return load_model(model)
+        return [load_model(model)]
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -165,10 +165,9 @@ def _run_client(run_id: str, tracking_uri: str | None):
 
 
 def _predict(model: str, codes, tracking_uri: str | None, batch_size: int, progress: Progress | None):
-    from model.inference import predict_codes
+    from model.inference import predict_mean
 
-    keras_model = load_keras_model(model, tracking_uri)
-    return predict_codes(keras_model, codes, batch_size, _stage(progress, "predict"))
+    return predict_mean(load_keras_models(model, tracking_uri), codes, batch_size, _stage(progress, "predict"))
 
 
 def _stage(progress: Progress | None, label: str):

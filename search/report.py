@@ -5,22 +5,35 @@ from __future__ import annotations
 import math
 
 
+def _interval(figures: dict | None, signed: bool = False) -> str:
+    if not figures:
+        return "-"
+    sign = "+" if signed else ""
+    return f"{figures['estimate']:{sign}.3f} [{figures['low']:{sign}.3f}, {figures['high']:{sign}.3f}]"
+
+
 def print_trial_table(summary: dict, top: int = 10, out=print) -> None:
-    """Top trials against the baseline: eval Pearson, delta, epochs and compute used; failures with their reason."""
-    trials = summary["trials"]
-    baseline = next((t for t in trials if t["baseline"]), None)
-    reference = baseline["best_eval_pearson"] if baseline else math.nan
-    out(f"{'rank':>4}  {'trial':<12} {'eval r':>7} {'vs base':>8} {'epochs':>6} {'hours':>7}  status     config")
-    for rank, trial in enumerate(trials[:top], start=1):
-        delta = f"{trial['best_eval_pearson'] - reference:>+8.4f}" if math.isfinite(reference) else f"{'-':>8}"
+    """Top trials against the baseline and the k-mer reference, with bootstrap 95 % intervals.
+
+    "vs baseline" and "vs k-mer" are paired differences of eval Pearson on the same
+    resampled evaluation rows: an interval above zero is a better model on this split.
+    Failed trials come last with their reason.
+    """
+    header = f"{'rank':>4}  {'trial':<12} {'eval r [95% CI]':<24} {'vs baseline [95% CI]':<26} {'vs k-mer [95% CI]':<26} {'epochs':>6} {'hours':>7}  status     config"
+    out(header)
+    for rank, trial in enumerate(summary["trials"][:top], start=1):
         config = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["searched"].items())
         shown_rank = str(rank) if trial["status"] == "done" else "-"
         reason = f"  ({trial['reason']})" if trial["status"] != "done" and trial["reason"] else ""
+        pearson = _interval(trial.get("interval")) if "interval" in trial else f"{trial['best_eval_pearson']:.3f}"
         out(
-            f"{shown_rank:>4}  {(trial['trial_id'] or '?'):<12} {trial['best_eval_pearson']:>7.4f} "
-            f"{delta} {trial['epochs_trained']:>6} {trial['device_hours']:>7.3f}  "
+            f"{shown_rank:>4}  {(trial['trial_id'] or '?'):<12} {pearson:<24} "
+            f"{_interval(trial.get('vs_baseline'), signed=True):<26} {_interval(trial.get('vs_kmer'), signed=True):<26} "
+            f"{trial['epochs_trained']:>6} {trial['device_hours']:>7.3f}  "
             f"{trial['status']:<9}  {'[baseline] ' if trial['baseline'] else ''}{config}{reason}"
         )
+    if "reference" in summary:
+        out(f"{'':>4}  {'k-mer ridge':<12} {_interval(summary['reference']):<24} (ridge regression on 4- to 6-mer counts, same split)")
 
 
 def optuna_figures(trials: list[dict], space: dict, directory) -> dict:

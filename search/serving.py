@@ -24,6 +24,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+# A single model's artifact; an ensemble's members are KERAS_ARTIFACT_1 ... KERAS_ARTIFACT_k.
 KERAS_ARTIFACT = "keras_model"
 LOGGED_MODEL_NAME = "model"
 SEQUENCE_COLUMN = "sequence"
@@ -42,17 +43,21 @@ MODEL_CODE = Path(__file__).with_name("served_model.py")
 
 
 class SequenceModel(mlflow.pyfunc.PythonModel):
-    """DataFrame with a `sequence` column in, float32 predictions `(n,)` out, in input order."""
+    """DataFrame with a `sequence` column in, float32 predictions `(n,)` out, in input order.
+
+    One Keras model, or an ensemble whose prediction is the mean of its members'.
+    """
 
     def load_context(self, context):
         from model import load_model
 
-        self.keras_model = load_model(context.artifacts[KERAS_ARTIFACT])
+        members = sorted(name for name in context.artifacts if name.startswith(KERAS_ARTIFACT))
+        self.keras_models = [load_model(context.artifacts[name]) for name in members]
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        from model.inference import predict_codes
+        from model.inference import predict_mean
 
-        return predict_codes(self.keras_model, sequence_codes(model_input))
+        return predict_mean(self.keras_models, sequence_codes(model_input))
 
 
 def sequence_codes(model_input) -> np.ndarray:
@@ -103,8 +108,10 @@ def save_model(path, mlflow_model=None, validate_serving_input=True, **kwargs):
     mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kwargs)
 
 
-def log_sequence_model(run_id: str, keras_path: Path, name: str = LOGGED_MODEL_NAME):
-    """Log the .keras model at `keras_path` to the run as a sequence-serving pyfunc; returns MLflow's ModelInfo.
+def log_sequence_model(run_id: str, keras_paths: list[Path], name: str = LOGGED_MODEL_NAME):
+    """Log the .keras model(s) to the run as one sequence-serving pyfunc; returns MLflow's ModelInfo.
+
+    Several paths make an ensemble that serves the mean of their predictions.
 
     Requirements are pinned to this environment's versions instead of inferred,
     which would load the model in a subprocess for every trial.
@@ -119,7 +126,7 @@ def log_sequence_model(run_id: str, keras_path: Path, name: str = LOGGED_MODEL_N
             flavor=sys.modules[__name__],
             run_id=run_id,
             python_model=str(MODEL_CODE),
-            artifacts={KERAS_ARTIFACT: str(keras_path)},
+            artifacts=member_artifacts(keras_paths),
             signature=signature(),
             input_example=INPUT_EXAMPLE,
             pip_requirements=[f"{package}=={metadata.version(package)}" for package in REQUIREMENTS],
@@ -127,8 +134,14 @@ def log_sequence_model(run_id: str, keras_path: Path, name: str = LOGGED_MODEL_N
         )
 
 
-def load_sequence_model(model_uri: str):
-    """The Keras model inside a logged `SequenceModel` (`runs:/ID/model`, `models:/NAME/VERSION`, ...)."""
+def member_artifacts(keras_paths: list[Path]) -> dict[str, str]:
+    if len(keras_paths) == 1:
+        return {KERAS_ARTIFACT: str(keras_paths[0])}
+    return {f"{KERAS_ARTIFACT}_{i}": str(path) for i, path in enumerate(keras_paths, start=1)}
+
+
+def load_sequence_model(model_uri: str) -> list:
+    """The Keras model(s) inside a logged `SequenceModel` (`runs:/ID/model`, `models:/NAME/VERSION`, ...)."""
     from mlflow.exceptions import MlflowException
 
     loaded = mlflow.pyfunc.load_model(model_uri)
@@ -141,4 +154,4 @@ def load_sequence_model(model_uri: str):
             f"{model_uri} is not a dream-hpo sequence model (one logged by search.serving.log_sequence_model); "
             f"its pyfunc loader is {loaded.metadata.flavors['python_function'].get('loader_module')}"
         )
-    return python_model.keras_model
+    return python_model.keras_models

@@ -26,6 +26,21 @@ DEFAULT_SPACE = {
     "transformer_layers": {"type": "int", "low": 1, "high": 8},
     "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
 }
+# `--space extended`: the seed's five dimensions plus the training recipe the challenge's
+# winners used (AdamW, one-cycle or warm-up cosine schedules), regularisation, batch size
+# and reverse-complement averaging. Every range holds the seed's value.
+EXTENDED_SPACE = {
+    **DEFAULT_SPACE,
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]},
+    "lr_schedule": {"type": "categorical", "choices": ["constant", "one_cycle", "warmup_cosine"]},
+    "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+    "batch_size": {"type": "categorical", "choices": [128, 512, 2048, 10_000]},
+    "transformer_dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    "final_dropout": {"type": "float", "low": 0.0, "high": 0.3},
+    "rc_augment": {"type": "categorical", "choices": [False, True]},
+}
+BUILT_IN_SPACES = {"default": DEFAULT_SPACE, "extended": EXTENDED_SPACE}
 
 KINDS = {"int": ("low", "high", "step", "log"), "float": ("low", "high", "log"), "categorical": ("choices",)}
 
@@ -137,10 +152,11 @@ def parse_space(raw: dict, source: str = "search space") -> dict[str, Parameter]
     return space
 
 
-def load_space(path: Path | None) -> dict[str, Parameter]:
-    """The default space, or the one in a YAML (.yaml/.yml) or TOML (.toml) file."""
-    if path is None:
-        return parse_space(DEFAULT_SPACE, "default search space")
+def load_space(path: Path | str | None) -> dict[str, Parameter]:
+    """The default space, a built-in one by name (`extended`), or the one in a YAML (.yaml/.yml) or TOML (.toml) file."""
+    if path is None or str(path) in BUILT_IN_SPACES:
+        name = str(path or "default")
+        return parse_space(BUILT_IN_SPACES[name], f"{name} search space")
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"--space {path}: no such space file")

@@ -62,6 +62,7 @@ class StudyConfig:
     derived_from: str | None = None
     max_failures: int = 2
     register_as: str | None = None
+    ensemble_size: int = 3
     backend: str = "tensorflow"
     verbose: bool = False
 
@@ -103,6 +104,12 @@ class StudyConfig:
             "--reduction-factor",
             self.reduction_factor,
             "must be >= 2 (ASHA keeps 1/F of the trials at each rung)",
+        )
+        require(
+            _is_int(self.ensemble_size) and self.ensemble_size >= 0,
+            "--ensemble-size",
+            self.ensemble_size,
+            "must be >= 0 (0 or 1: no ensemble)",
         )
         epochs = self.fixed.get("epochs", 1)
         require(_is_int(epochs) and epochs >= 1, "--max-epochs/--epochs", epochs, "must be >= 1")
@@ -244,6 +251,7 @@ def run_study(config: StudyConfig, progress=print) -> dict:
     manifest = check_study(config)
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
     tracking.check_tracking_server(tracking_uri)
+    reference = reference_model(config.data_dir, progress)
     if not config.verbose:
         quiet_driver()
     import ray
@@ -290,6 +298,7 @@ def run_study(config: StudyConfig, progress=print) -> dict:
         if interrupt.happened:
             raise KeyboardInterrupt(f"(state saved); continue it with --resume --name {config.name}")
         summary = summarise(results, runs, config, gpus if gpus > 0 else config.cpus_per_trial)
+        add_intervals(summary, reference, manifest, runs)
     except BaseException as error:
         runs.close_open_runs("KILLED")
         if parent_run_id:
@@ -474,11 +483,115 @@ def summarise(results, runs: tracking.StudyRuns, config: StudyConfig, device_sha
                 "status": status,
                 "reason": metrics.get("stop_reason") or metrics.get("problem") or "",
                 "config": trial_config,
-                "checkpoint": result.checkpoint.path if result.checkpoint else None,
+                "predicted": best_predictions(result.checkpoint),
+                "checkpoint": result.checkpoint,
             }
         )
     rows = rank_trials(rows)
-    return {"trials": rows, "experiment_path": str(results.experiment_path), "table": trial_table(rows)}
+    return {
+        "trials": rows,
+        "experiment_path": str(results.experiment_path),
+        "data_dir": str(config.data_dir),
+    }
+
+
+def reference_model(data_dir, progress) -> dict:
+    """The study's k-mer reference (ridge on 4- to 6-mer counts), fitted once per prepared set and cached."""
+    from model.kmer_reference import kmer_reference
+
+    reference = kmer_reference(data_dir)
+    progress(
+        f"k-mer reference (ridge on 4-6-mer counts, fitted on {reference['n_fit']:,} training sequences "
+        f"in {reference['seconds']:.0f} s, cached): eval r {reference['pearson']:.4f}"
+    )
+    return reference
+
+
+def best_predictions(checkpoint):
+    """A trial's best-epoch eval predictions (eval-split order) from its last checkpoint, or None."""
+    import numpy as np
+
+    from search.trainable import BEST_PREDICTIONS_FILE
+
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        path = Path(directory) / BEST_PREDICTIONS_FILE
+        return np.load(path)["predicted"] if path.exists() else None
+
+
+def add_intervals(summary: dict, reference: dict, manifest: dict, runs: tracking.StudyRuns) -> None:
+    """Bootstrap 95 % intervals: each trial's eval Pearson, and its paired difference to the baseline and
+    to the k-mer reference (the same resampled rows for all, fixed seed); logged to the trial runs."""
+    import numpy as np
+
+    from data_prep import PreparedData
+    from model.metrics import paired_pearson_difference, pearson_interval
+
+    data = PreparedData.load(summary["data_dir"])
+    observed = np.asarray(data.targets[data.eval_index], np.float64)
+    kmer = np.asarray(reference["predicted"])
+    summary["reference"] = {"pearson": reference["pearson"], **pearson_interval(observed, kmer)}
+    baseline = next((row for row in summary["trials"] if row["baseline"] and row["predicted"] is not None), None)
+    for row in summary["trials"]:
+        if row["predicted"] is None or not math.isfinite(row["best_eval_pearson"]):
+            continue
+        row["interval"] = pearson_interval(observed, row["predicted"])
+        row["vs_kmer"] = paired_pearson_difference(observed, row["predicted"], kmer)
+        metrics = {
+            "best_eval_pearson_low": row["interval"]["low"],
+            "best_eval_pearson_high": row["interval"]["high"],
+            "kmer_reference_pearson": reference["pearson"],
+            "vs_kmer_reference": row["vs_kmer"]["estimate"],
+        }
+        if baseline is not None:
+            row["vs_baseline"] = paired_pearson_difference(observed, row["predicted"], baseline["predicted"])
+            metrics.update(
+                vs_baseline=row["vs_baseline"]["estimate"],
+                vs_baseline_low=row["vs_baseline"]["low"],
+                vs_baseline_high=row["vs_baseline"]["high"],
+            )
+        if row["run_id"]:
+            runs.log_metrics(row["run_id"], metrics)
+
+
+def add_ensemble(summary: dict, runs: tracking.StudyRuns, parent_run_id: str, config: StudyConfig) -> None:
+    """The top `ensemble_size` finished trials averaged into one served model, scored against the single best.
+
+    Its eval predictions are the mean of its members' (each member's best epoch), so
+    it is scored on the same split with the same bootstrap. It is logged on the parent
+    run and registered under its own name; the single best stays the default model.
+    """
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from data_prep import PreparedData
+    from model.metrics import paired_pearson_difference, pearson_interval
+    from search.trainable import BEST_MODEL_FILE
+
+    members = [row for row in summary["trials"] if is_rankable(row) and row["predicted"] is not None]
+    members = members[: config.ensemble_size]
+    if len(members) < 2:
+        return
+    data = PreparedData.load(summary["data_dir"])
+    observed = np.asarray(data.targets[data.eval_index], np.float64)
+    predicted = np.mean([row["predicted"] for row in members], axis=0)
+    ensemble = {
+        "members": [row["trial_id"] for row in members],
+        "interval": pearson_interval(observed, predicted),
+        "vs_best": paired_pearson_difference(observed, predicted, members[0]["predicted"]),
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = []
+        for number, row in enumerate(members, start=1):
+            with row["checkpoint"].as_directory() as directory:
+                paths.append(Path(scratch) / f"member_{number}.keras")
+                shutil.copyfile(Path(directory) / BEST_MODEL_FILE, paths[-1])
+        register_as = f"{config.register_as}-ensemble" if config.register_as else None
+        ensemble["registered"] = runs.log_ensemble(parent_run_id, paths, ensemble, register_as)
+    summary["ensemble"] = ensemble
 
 
 def is_rankable(row: dict) -> bool:
@@ -508,6 +621,12 @@ def trial_table(rows: list[dict]) -> list[dict]:
             "device_hours": row["device_hours"],
             "status": row["status"],
             "reason": row["reason"],
+            **{
+                f"{name}_{key}": row[name][key]
+                for name in ("interval", "vs_baseline", "vs_kmer")
+                if name in row
+                for key in ("estimate", "low", "high")
+            },
             **row["searched"],
         }
         for row in rows
@@ -522,9 +641,12 @@ def finish_parent_run(runs: tracking.StudyRuns, run_id: str, summary: dict, best
 
     try:
         with tempfile.TemporaryDirectory() as scratch:
+            summary["table"] = trial_table(summary["trials"])
             finished = [row for row in summary["trials"] if is_rankable(row)]
             figures = optuna_figures(finished, config.space, Path(scratch)) if finished else {}
             runs.finish_parent(run_id, summary, best, figures, config.register_as)
+            if best is not None:
+                add_ensemble(summary, runs, run_id, config)
     except BaseException as error:
         runs.fail_parent(run_id, f"{type(error).__name__}: {error}")
         raise

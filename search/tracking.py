@@ -12,7 +12,9 @@ TensorFlow: the served model is logged from code with a fixed signature.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -46,6 +48,7 @@ TRIAL_ID_TAG = "ray_trial_id"
 STUDY_TAG = "study"
 STUDY_KEY_TAG = "study_key"
 PARENT_TAG = "study_parent"
+ENSEMBLE_MODEL_NAME = "ensemble"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow's experiment kind: the UI opens such experiments on their training runs.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -205,9 +208,24 @@ class StudyRuns:
         baseline = next((t for t in summary["trials"] if t["baseline"]), None)
         if baseline is not None and math.isfinite(baseline["best_eval_pearson"]):
             client.log_metric(run_id, "baseline_eval_pearson", baseline["best_eval_pearson"])
+        if "reference" in summary:
+            reference = summary["reference"]
+            self.log_metrics(
+                run_id,
+                {"kmer_reference_pearson": reference["estimate"], "kmer_reference_pearson_low": reference["low"],
+                 "kmer_reference_pearson_high": reference["high"]},
+            )
         if best is not None:
             self.log_json(run_id, "study/best_config.json", best["config"])
             client.log_metric(run_id, "best_eval_pearson", best["best_eval_pearson"])
+            figures_of_best = {}
+            for name, prefix in (("interval", "best_eval_pearson"), ("vs_baseline", "best_vs_baseline"),
+                                 ("vs_kmer", "best_vs_kmer_reference")):
+                if name in best:
+                    figures_of_best.update({f"{prefix}_low": best[name]["low"], f"{prefix}_high": best[name]["high"]})
+                    if name != "interval":
+                        figures_of_best[prefix] = best[name]["estimate"]
+            self.log_metrics(run_id, figures_of_best)
             client.set_tag(run_id, "best_run_id", best["run_id"])
             client.set_tag(run_id, "best_config", json.dumps(best["searched"], sort_keys=True))
             if register_as:
@@ -215,6 +233,30 @@ class StudyRuns:
             client.set_terminated(run_id, status="FINISHED")
         else:
             self.fail_parent(run_id, "no trial finished with a finite eval Pearson and a logged model")
+
+    def log_ensemble(self, run_id: str, keras_paths: list[Path], ensemble: dict, register_as: str | None):
+        """The ensemble's model and scores on the parent run; registered as `register_as` (returns its URI)."""
+        import mlflow
+
+        self.use_fluent_api()
+        info = serving.log_sequence_model(run_id, keras_paths, name=ENSEMBLE_MODEL_NAME)
+        self.log_metrics(
+            run_id,
+            {
+                "ensemble_eval_pearson": ensemble["interval"]["estimate"],
+                "ensemble_eval_pearson_low": ensemble["interval"]["low"],
+                "ensemble_eval_pearson_high": ensemble["interval"]["high"],
+                "ensemble_vs_best": ensemble["vs_best"]["estimate"],
+                "ensemble_vs_best_low": ensemble["vs_best"]["low"],
+                "ensemble_vs_best_high": ensemble["vs_best"]["high"],
+            },
+        )
+        self.client.set_tag(run_id, "ensemble_members", ",".join(ensemble["members"]))
+        if not register_as:
+            return None
+        with contextlib.redirect_stderr(io.StringIO()):
+            version = mlflow.register_model(info.model_uri, register_as)
+        return f"models:/{register_as}/{version.version}"
 
     def fail_parent(self, run_id: str, reason: str, status: str = "FAILED") -> None:
         self.client.set_tag(run_id, "stop_reason", reason)
@@ -226,7 +268,8 @@ class StudyRuns:
 
         self.use_fluent_api()
         [model] = [m for m in self.logged_models(run_id) if m.name == serving.LOGGED_MODEL_NAME]
-        version = mlflow.register_model(model.model_uri, name)
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints what the caller reports itself
+            version = mlflow.register_model(model.model_uri, name)
         return f"models:/{name}/{version.version}"
 
     def logged_models(self, run_id: str) -> list:
@@ -266,6 +309,11 @@ class StudyRuns:
         metrics = [Metric(key, float(result[key]), timestamp, step) for key in keys]
         self.client.log_batch(run_id, metrics=metrics)
 
+    def log_metrics(self, run_id: str, metrics: dict) -> None:
+        """Study-level figures of a run (intervals, references), logged once at step 0."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())])
+
     def log_json(self, run_id: str, artifact_path: str, content) -> None:
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch) / Path(artifact_path).name
@@ -303,7 +351,7 @@ class StudyRuns:
                 client.log_artifact(run_id, scratch / "observed_vs_predicted.png", "plots")
         if (checkpoint_dir / BEST_MODEL_FILE).exists():
             self.use_fluent_api()
-            serving.log_sequence_model(run_id, checkpoint_dir / BEST_MODEL_FILE)
+            serving.log_sequence_model(run_id, [checkpoint_dir / BEST_MODEL_FILE])
             client.set_tag(run_id, "model_logged", "true")
         return state["history"]
 

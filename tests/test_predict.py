@@ -459,7 +459,7 @@ def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
     client = MlflowClient(tracking_uri)
     experiment = mlflow.set_experiment("tests")
     run_id = client.create_run(experiment.experiment_id).info.run_id
-    info = log_sequence_model(run_id, keras_file)
+    info = log_sequence_model(run_id, [keras_file])
     registered = f"models:/tests-served/{mlflow.register_model(info.model_uri, 'tests-served').version}"
     assert registered == "models:/tests-served/1"
 

@@ -95,6 +95,18 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
     assert {"study/trials.csv", "study/best_config.json", "study/search_space.json"} <= artifacts
     assert {"plots/optimization_history.png", "plots/param_importances.png", "plots/parallel_coordinate.png"} <= artifacts
 
+    # Uncertainty and references: intervals on every finished trial, the k-mer reference, the ensemble.
+    assert all("interval" in t and t["interval"]["low"] <= t["best_eval_pearson"] <= t["interval"]["high"] for t in trials)
+    baseline = next(t for t in trials if t["baseline"])
+    assert baseline["vs_baseline"] == {"estimate": 0.0, "low": 0.0, "high": 0.0}
+    assert parent.data.metrics["kmer_reference_pearson"] == pytest.approx(summary["reference"]["estimate"])
+    baseline_run = next(c for c in children if c.data.tags["baseline"] == "true")
+    assert baseline_run.data.metrics["kmer_reference_pearson"] == pytest.approx(summary["reference"]["estimate"])
+    ensemble = summary["ensemble"]
+    assert len(ensemble["members"]) == 3 and ensemble["members"][0] == best["trial_id"]
+    assert parent.data.metrics["ensemble_eval_pearson"] == pytest.approx(ensemble["interval"]["estimate"])
+    assert ensemble["registered"] == "models:/tests-best-ensemble/1"
+
     version = client.get_latest_versions("tests-best")[0]
     assert summary["registered"] == f"models:/tests-best/{version.version}"
     import mlflow

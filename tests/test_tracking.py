@@ -241,3 +241,30 @@ def test_tracking_uri_follows_mlflow_convention(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert resolve_tracking_uri(None) == "http://127.0.0.1:5999"
     assert resolve_tracking_uri("sqlite:///other.db") == f"sqlite:///{tmp_path}/other.db"
+
+
+@pytest.mark.slow
+def test_an_ensemble_serves_the_mean_of_its_members(tmp_path):
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from model import ModelConfig, build_model, save_model
+    from search.serving import INPUT_EXAMPLE, log_sequence_model
+
+    paths = []
+    for seed, channels in ((1, 48), (2, 96)):
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        paths.append(save_model(build_model(ModelConfig(channels=channels, transformer_layers=1)), tmp_path / f"m{seed}.keras"))
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.set_experiment("tests")
+    run_id = MlflowClient(tracking_uri).create_run(experiment.experiment_id).info.run_id
+    members = [mlflow.pyfunc.load_model(log_sequence_model(run_id, [path], name=f"m{i}").model_uri) for i, path in enumerate(paths)]
+    ensemble = mlflow.pyfunc.load_model(log_sequence_model(run_id, paths, name="ensemble").model_uri)
+    sequences = pd.DataFrame({"sequence": list(INPUT_EXAMPLE["sequence"]) + ["ACGT" * 30]})
+    each = [np.asarray(m.predict(sequences)) for m in members]
+    assert not np.allclose(each[0], each[1])
+    np.testing.assert_allclose(np.asarray(ensemble.predict(sequences)), (each[0] + each[1]) / 2, rtol=1e-6)
