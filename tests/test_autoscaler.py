@@ -352,7 +352,7 @@ def test_wrong_mlflow_password_is_one_line_before_ray_starts(head, tmp_path):
 def run_and_check_study(head, name: str, command_output: str) -> dict:
     """What a finished GPU study on the autoscaled workers must show; its trials' logged values."""
     # The default asked each trial for a GPU although the cluster had none when the study started.
-    assert "2 trial(s), 1 GPU and 1 CPU each" in command_output, command_output[-3000:]
+    assert "resources: 1 GPU and 1 CPU per trial" in command_output, command_output[-3000:]
     results = trial_results(head.shared / "ray_results" / name)
     assert len(results) == 2
     for rows in results.values():
