@@ -32,8 +32,9 @@ class BaseOneHot(keras.layers.Layer):
         super().__init__(**kwargs)
 
     def call(self, codes):
-        one_hot = ops.one_hot(ops.cast(codes, "int32"), NUM_BASES + 1, dtype=self.compute_dtype)
-        return one_hot[..., :NUM_BASES]
+        # Code 4 is out of range for four classes, which one_hot maps to a zero row on every
+        # backend: no fifth column to cut off.
+        return ops.one_hot(ops.cast(codes, "int32"), NUM_BASES, dtype=self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape, NUM_BASES)
