@@ -1,8 +1,8 @@
 """What this process trains on under the current Keras backend, and the per-device choices that follow.
 
 XLA (`jit_compile`) pays off on GPUs but not for TensorFlow on CPUs, and bfloat16
-pays off on GPUs and on CPUs with AMX bfloat16 units (the README's Performance
-section has the figures), so `TrainConfig`'s "auto" settings resolve here.
+pays off on GPUs and for TensorFlow on CPUs with AMX bfloat16 units (the README's
+Performance section has the figures), so `TrainConfig`'s "auto" settings resolve here.
 TensorFlow and JAX describe their devices differently; nothing outside this
 module needs to know how.
 """
@@ -98,13 +98,15 @@ def resolve_mixed_precision(setting: bool | str) -> bool:
     """`True`/`False` as given; "auto" is bfloat16 where the devices have bfloat16 units.
 
     That is every visible GPU from Ampere on or, without GPUs, a CPU with AMX
-    bfloat16 tiles (faster than float32 for the baseline step, README).
+    bfloat16 tiles under TensorFlow, whose oneDNN kernels use them (faster than
+    float32 for the baseline step, README). XLA's CPU build of the JAX step was
+    measured no faster in bfloat16, so JAX on a CPU stays float32.
     """
     if setting != AUTO:
         return bool(setting)
     found = gpus()
     if not found:
-        return CPU_BFLOAT16_FLAG in cpu_flags()
+        return keras.backend.backend() == "tensorflow" and CPU_BFLOAT16_FLAG in cpu_flags()
     return all(
         gpu.compute_capability is not None and gpu.compute_capability >= BFLOAT16_COMPUTE_CAPABILITY for gpu in found
     )
