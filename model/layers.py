@@ -154,8 +154,8 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
     def call(self, x, training=None):
         heads, key_size, value_size, length = self.num_heads, self.key_size, self.value_size, x.shape[1]
         # Heads stay in the last axes (batch, T, heads, size) and einsum contracts them, so no
-        # (batch, heads, T, size) copies are made; the biases are added before the split, so
-        # their gradients sum over contiguous rows.
+        # (batch, heads, T, size) copies are made; the biases are added to the flat
+        # (batch, T, heads * key_size) query, so their gradients sum over contiguous rows.
         q = ops.matmul(x, self.query) * key_size**-0.5
         content_q = ops.reshape(q + ops.reshape(self.content_bias, (-1,)), (-1, length, heads, key_size))
         position_q = ops.reshape(q + ops.reshape(self.position_bias, (-1,)), (-1, length, heads, key_size))

@@ -344,9 +344,12 @@ def test_mixed_bfloat16_keeps_the_output_float32(float32_policy_after):
     core = core_model(training)
     assert core.get_layer("transformer").compute_dtype == "bfloat16"
     assert core.output.dtype == "float32"
+    # Convolutions compute in bfloat16; normalisations and activations stay float32.
+    tower = {type(layer).__name__: layer.compute_dtype for layer in core.get_layer("conv_tower").layers}
+    assert (tower["Conv1D"], tower["BatchNormalization"], tower["Activation"]) == ("bfloat16", "float32", "float32")
     assert np.isfinite(training.train_on_batch(random_codes(4), np.ones(4, dtype="float32")))
     assert training.predict(random_codes(2), verbose=0).dtype == np.float32
-    assert set_precision(TrainConfig()) == "float32"
+    assert set_precision(TrainConfig(mixed_precision=False)) == "float32"
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
