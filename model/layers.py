@@ -7,6 +7,7 @@ custom_objects.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -66,11 +67,13 @@ def _gamma_features(distances: np.ndarray, num: int, seq_length: int) -> np.ndar
     return probabilities / probabilities.max(axis=0, keepdims=True)
 
 
+@functools.cache
 def relative_position_basis(seq_length: int, feature_size: int) -> np.ndarray:
     """Enformer's basis features for distances -(L-1)..(L-1): (2L-1, feature_size).
 
     Depends only on the sequence length, so it is a NumPy constant computed
-    once at build time rather than a graph of ops.
+    once per length and size (shared, read-only, by every attention layer)
+    rather than a graph of ops run every step.
     """
     signed = np.arange(-seq_length + 1, seq_length, dtype=np.float64)
     distances = np.abs(signed)
@@ -83,7 +86,9 @@ def relative_position_basis(seq_length: int, feature_size: int) -> np.ndarray:
         ],
         axis=-1,
     )
-    return np.concatenate([features, np.sign(signed)[:, None] * features], axis=-1).astype(np.float32)
+    basis = np.concatenate([features, np.sign(signed)[:, None] * features], axis=-1).astype(np.float32)
+    basis.flags.writeable = False
+    return basis
 
 
 def relative_position_index(seq_length: int) -> np.ndarray:

@@ -148,6 +148,8 @@ def test_attention_matches_a_plain_reference(heads, key_size, length, channels):
 def test_relative_position_basis_is_sign_symmetric():
     basis = relative_position_basis(85, 24)
     assert basis.shape == (169, 24)
+    # One read-only array per (length, size), shared by every attention layer.
+    assert relative_position_basis(85, 24) is basis and not basis.flags.writeable
     centre = 84
     np.testing.assert_allclose(basis[centre + 10, :12], basis[centre - 10, :12])
     np.testing.assert_allclose(basis[centre + 10, 12:], -basis[centre - 10, 12:])
