@@ -1,8 +1,9 @@
 """What this process trains on under the current Keras backend, and the per-device choices that follow.
 
-XLA (`jit_compile`) and bfloat16 pay off on GPUs but not on CPUs (the README's
-Performance section has the figures), so `TrainConfig`'s "auto" settings resolve
-here. TensorFlow and JAX describe their devices differently; nothing outside this
+XLA (`jit_compile`) pays off on GPUs but not for TensorFlow on CPUs, and bfloat16
+pays off on GPUs and for TensorFlow on CPUs with AMX bfloat16 units (the README's
+Performance section has the figures), so `TrainConfig`'s "auto" settings resolve here.
+TensorFlow and JAX describe their devices differently; nothing outside this
 module needs to know how.
 """
 
@@ -19,6 +20,10 @@ import keras
 AUTO = "auto"
 # bfloat16 tensor cores arrived with Ampere (compute capability 8.0).
 BFLOAT16_COMPUTE_CAPABILITY = (8, 0)
+# The /proc/cpuinfo flag of Intel's AMX bfloat16 tile units (Sapphire Rapids on), which
+# oneDNN uses for bfloat16 matmuls and convolutions. CPUs with AVX512-BF16 but no AMX
+# stay float32: none was measured, and without tiles the casts may cost what bfloat16 saves.
+CPU_BFLOAT16_FLAG = "amx_bf16"
 
 
 class Gpu(NamedTuple):
@@ -76,12 +81,33 @@ def resolve_jit_compile(setting: bool | str) -> bool:
     return bool(gpus())
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (its first `flags` line); empty where there is none."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def resolve_mixed_precision(setting: bool | str) -> bool:
-    """`True`/`False` as given; "auto" is bfloat16 where every visible GPU has bfloat16 units."""
+    """`True`/`False` as given; "auto" is bfloat16 where the devices have bfloat16 units.
+
+    That is every visible GPU from Ampere on or, without GPUs, a CPU with AMX
+    bfloat16 tiles under TensorFlow, whose oneDNN kernels use them (faster than
+    float32 for the baseline step, README). XLA's CPU build of the JAX step was
+    measured no faster in bfloat16, so JAX on a CPU stays float32.
+    """
     if setting != AUTO:
         return bool(setting)
     found = gpus()
-    return bool(found) and all(
+    if not found:
+        return keras.backend.backend() == "tensorflow" and CPU_BFLOAT16_FLAG in cpu_flags()
+    return all(
         gpu.compute_capability is not None and gpu.compute_capability >= BFLOAT16_COMPUTE_CAPABILITY for gpu in found
     )
 

@@ -7,6 +7,7 @@ custom_objects.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -32,8 +33,9 @@ class BaseOneHot(keras.layers.Layer):
         super().__init__(**kwargs)
 
     def call(self, codes):
-        one_hot = ops.one_hot(ops.cast(codes, "int32"), NUM_BASES + 1, dtype=self.compute_dtype)
-        return one_hot[..., :NUM_BASES]
+        # Code 4 is out of range for four classes, which one_hot maps to a zero row on every
+        # backend: no fifth column to cut off.
+        return ops.one_hot(ops.cast(codes, "int32"), NUM_BASES, dtype=self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape, NUM_BASES)
@@ -65,11 +67,13 @@ def _gamma_features(distances: np.ndarray, num: int, seq_length: int) -> np.ndar
     return probabilities / probabilities.max(axis=0, keepdims=True)
 
 
+@functools.cache
 def relative_position_basis(seq_length: int, feature_size: int) -> np.ndarray:
     """Enformer's basis features for distances -(L-1)..(L-1): (2L-1, feature_size).
 
     Depends only on the sequence length, so it is a NumPy constant computed
-    once at build time rather than a graph of ops.
+    once per length and size (shared, read-only, by every attention layer)
+    rather than a graph of ops run every step.
     """
     signed = np.arange(-seq_length + 1, seq_length, dtype=np.float64)
     distances = np.abs(signed)
@@ -82,20 +86,22 @@ def relative_position_basis(seq_length: int, feature_size: int) -> np.ndarray:
         ],
         axis=-1,
     )
-    return np.concatenate([features, np.sign(signed)[:, None] * features], axis=-1).astype(np.float32)
+    basis = np.concatenate([features, np.sign(signed)[:, None] * features], axis=-1).astype(np.float32)
+    basis.flags.writeable = False
+    return basis
 
 
-def relative_shift(x):
-    """Turn logits indexed by relative distance into logits indexed by key position.
+def relative_position_index(seq_length: int) -> np.ndarray:
+    """(T, T) rows into the basis: [i, j] is distance j - i, offset by T - 1.
 
-    x: (batch, heads, T, 2T-1) with distance -(T-1)..(T-1) along the last axis;
-    returns (batch, heads, T, T).
+    Gathering the projected basis with it gives each query-key pair its own
+    relative-position key, which replaces Transformer-XL's pad-and-reshape
+    "relative shift" of the (batch, heads, T, 2T-1) logits: the same logits,
+    but only T of the 2T-1 distances are computed and nothing batch-sized is
+    padded or reshaped.
     """
-    _, heads, t1, t2 = x.shape
-    x = ops.pad(x, [(0, 0), (0, 0), (0, 0), (1, 0)])
-    x = ops.reshape(x, (-1, heads, t2 + 1, t1))[:, :, 1:, :]
-    x = ops.reshape(x, (-1, heads, t1, t2))
-    return x[..., : (t2 + 1) // 2]
+    positions = np.arange(seq_length)
+    return (positions[None, :] - positions[:, None] + seq_length - 1).astype(np.int32)
 
 
 @keras.saving.register_keras_serializable(package="dream_hpo")
@@ -120,8 +126,9 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
         self.key_size = key_size
         self.attention_dropout = attention_dropout
         self.positional_dropout = positional_dropout
-        self.positional_dropout_layer = keras.layers.Dropout(positional_dropout)
-        self.attention_dropout_layer = keras.layers.Dropout(attention_dropout)
+        # Float32 dropouts: they act on the float32 basis and softmax, and float32 random numbers are cheaper on CPUs.
+        self.positional_dropout_layer = keras.layers.Dropout(positional_dropout, dtype="float32")
+        self.attention_dropout_layer = keras.layers.Dropout(attention_dropout, dtype="float32")
 
     def build(self, input_shape):
         length, channels = input_shape[-2], input_shape[-1]
@@ -139,6 +146,7 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
         self.output_kernel = projection("output_kernel", heads * self.value_size, channels, "zeros")
         self.output_bias = self.add_weight(name="output_bias", shape=(channels,), initializer="zeros")
         self.basis = relative_position_basis(length, self.value_size)
+        self.relative_index = relative_position_index(length)
         self.relative_position = projection(
             "relative_position",
             self.value_size,
@@ -148,28 +156,26 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
         self.content_bias = self.add_weight(name="content_bias", shape=(heads, 1, key_size), initializer=qkv_init)
         self.position_bias = self.add_weight(name="position_bias", shape=(heads, 1, key_size), initializer=qkv_init)
 
-    def _split_heads(self, x, size):
-        """(batch, T, heads*size) -> (batch, heads, T, size)."""
-        x = ops.reshape(x, (-1, x.shape[1], self.num_heads, size))
-        return ops.transpose(x, (0, 2, 1, 3))
-
     def call(self, x, training=None):
-        q = self._split_heads(ops.matmul(x, self.query), self.key_size) * self.key_size**-0.5
-        k = self._split_heads(ops.matmul(x, self.key), self.key_size)
-        v = self._split_heads(ops.matmul(x, self.value), self.value_size)
+        heads, key_size, value_size, length = self.num_heads, self.key_size, self.value_size, x.shape[1]
+        # Heads stay in the last axes (batch, T, heads, size) and einsum contracts them, so no
+        # (batch, heads, T, size) copies are made; the biases are added to the flat
+        # (batch, T, heads * key_size) query, so their gradients sum over contiguous rows.
+        q = ops.matmul(x, self.query) * key_size**-0.5
+        content_q = ops.reshape(q + ops.reshape(self.content_bias, (-1,)), (-1, length, heads, key_size))
+        position_q = ops.reshape(q + ops.reshape(self.position_bias, (-1,)), (-1, length, heads, key_size))
+        k = ops.reshape(ops.matmul(x, self.key), (-1, length, heads, key_size))
+        v = ops.reshape(ops.matmul(x, self.value), (-1, length, heads, value_size))
 
-        basis = ops.convert_to_tensor(self.basis, dtype=self.compute_dtype)[None]
-        basis = self.positional_dropout_layer(basis, training=training)
-        r_k = self._split_heads(ops.matmul(basis, self.relative_position), self.key_size)
+        basis = self.positional_dropout_layer(ops.convert_to_tensor(self.basis), training=training)
+        r_k = ops.matmul(ops.cast(basis, self.compute_dtype), self.relative_position)
+        r_k = ops.take(ops.reshape(r_k, (2 * length - 1, heads, key_size)), self.relative_index, axis=0)
 
-        content_logits = ops.matmul(q + self.content_bias, ops.swapaxes(k, -1, -2))
-        relative_logits = relative_shift(ops.matmul(q + self.position_bias, ops.swapaxes(r_k, -1, -2)))
+        logits = ops.einsum("bihk,bjhk->bhij", content_q, k) + ops.einsum("bihk,ijhk->bhij", position_q, r_k)
         # Softmax in float32: bfloat16 logits lose the small differences that matter.
-        weights = ops.softmax(ops.cast(content_logits + relative_logits, "float32"), axis=-1)
-        weights = self.attention_dropout_layer(ops.cast(weights, self.compute_dtype), training=training)
-
-        attended = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
-        attended = ops.reshape(attended, (-1, x.shape[1], self.num_heads * self.value_size))
+        weights = self.attention_dropout_layer(ops.softmax(ops.cast(logits, "float32"), axis=-1), training=training)
+        attended = ops.einsum("bhij,bjhv->bihv", ops.cast(weights, self.compute_dtype), v)
+        attended = ops.reshape(attended, (-1, length, heads * value_size))
         return ops.matmul(attended, self.output_kernel) + self.output_bias
 
     def compute_output_shape(self, input_shape):

@@ -22,6 +22,12 @@ from model.strand import strand_averaged
 CORE_NAME = "mini_enformer"
 TOWER_DIVISIBLE_BY = 32
 BATCH_NORM_MOMENTUM = 0.9
+# Normalisations, activations and dropout compute in float32 under every precision policy;
+# under mixed_bfloat16 only convolutions, dense layers and attention run in bfloat16.
+# Keras' own normalisations already upcast to float32 inside; keeping their neighbours
+# float32 too saves a cast each way, and CPUs run float32 elementwise ops and random
+# numbers several times faster than bfloat16 ones (README, Performance).
+ELEMENTWISE_DTYPE = "float32"
 
 Block = Callable[[keras.KerasTensor], keras.KerasTensor]
 
@@ -60,8 +66,8 @@ def conv_block(filters: int, width: int) -> Block:
     """BatchNorm -> GELU -> Conv1D(same), the seed's pre-activation conv block."""
 
     def apply(x):
-        x = keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM)(x)
-        x = keras.layers.Activation("gelu")(x)
+        x = keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, dtype=ELEMENTWISE_DTYPE)(x)
+        x = keras.layers.Activation("gelu", dtype=ELEMENTWISE_DTYPE)(x)
         return keras.layers.Conv1D(filters, width, padding="same", kernel_initializer="glorot_uniform")(x)
 
     return apply
@@ -94,26 +100,26 @@ def conv_tower(config: ModelConfig, input_shape: tuple) -> keras.Model:
 
 def _attention(config: ModelConfig) -> Block:
     def apply(x):
-        x = keras.layers.LayerNormalization()(x)
+        x = keras.layers.LayerNormalization(dtype=ELEMENTWISE_DTYPE)(x)
         x = RelativeMultiHeadAttention(
             num_heads=config.num_heads,
             key_size=config.key_size,
             attention_dropout=config.attention_dropout,
             positional_dropout=config.positional_dropout,
         )(x)
-        return keras.layers.Dropout(config.transformer_dropout)(x)
+        return keras.layers.Dropout(config.transformer_dropout, dtype=ELEMENTWISE_DTYPE)(x)
 
     return apply
 
 
 def _mlp(config: ModelConfig) -> Block:
     def apply(x):
-        x = keras.layers.LayerNormalization()(x)
+        x = keras.layers.LayerNormalization(dtype=ELEMENTWISE_DTYPE)(x)
         x = keras.layers.Dense(2 * config.channels, kernel_initializer=_fan_in_truncated_normal())(x)
-        x = keras.layers.Dropout(config.transformer_dropout)(x)
-        x = keras.layers.ReLU()(x)
+        x = keras.layers.Dropout(config.transformer_dropout, dtype=ELEMENTWISE_DTYPE)(x)
+        x = keras.layers.ReLU(dtype=ELEMENTWISE_DTYPE)(x)
         x = keras.layers.Dense(config.channels, kernel_initializer=_fan_in_truncated_normal())(x)
-        return keras.layers.Dropout(config.transformer_dropout)(x)
+        return keras.layers.Dropout(config.transformer_dropout, dtype=ELEMENTWISE_DTYPE)(x)
 
     return apply
 
@@ -131,8 +137,8 @@ def final_pointwise(config: ModelConfig, input_shape: tuple) -> keras.Model:
     inputs = keras.Input(input_shape)
     x = conv_block(config.channels, 1)(inputs)
     x = pooling(config.pooling, strides=2)(x)
-    x = keras.layers.Dropout(config.final_dropout)(x)
-    x = keras.layers.Activation("gelu")(x)
+    x = keras.layers.Dropout(config.final_dropout, dtype=ELEMENTWISE_DTYPE)(x)
+    x = keras.layers.Activation("gelu", dtype=ELEMENTWISE_DTYPE)(x)
     return keras.Model(inputs, x, name="final_pointwise")
 
 

@@ -31,7 +31,7 @@ from model import (
     set_precision,
     spearman,
 )
-from model.layers import relative_position_basis, relative_shift
+from model.layers import relative_position_basis, relative_position_index
 from model.metrics import average_ranks
 from model.mini_enformer import exponential_linspace_int, tower_filters
 
@@ -103,18 +103,53 @@ def test_tower_filters_follow_the_seed_and_end_at_channels():
     assert tower_filters(96, 1) == [96]
 
 
-def test_relative_shift_indexes_logits_by_key_minus_query():
-    t = 4
-    by_distance = np.tile(np.arange(2 * t - 1, dtype="float32"), (1, 1, t, 1))
-    shifted = keras.ops.convert_to_numpy(relative_shift(by_distance))[0, 0]
-    # Column j of row i holds the logit for distance j - i (index j - i + t - 1).
-    expected = np.arange(t)[None, :] - np.arange(t)[:, None] + t - 1
-    np.testing.assert_array_equal(shifted, expected)
+def test_relative_position_index_points_at_key_minus_query():
+    # Row i, column j picks basis row (j - i) + (T - 1), i.e. distance j - i.
+    np.testing.assert_array_equal(relative_position_index(3), [[2, 3, 4], [1, 2, 3], [0, 1, 2]])
+
+
+def reference_attention(layer, x):
+    """Enformer's attention written out plainly in NumPy: heads split, relative shift by pad and reshape."""
+    w = {v.path.split("/")[-1]: keras.ops.convert_to_numpy(v) for v in layer.weights}
+    b, t, c = x.shape
+    h, k_size, v_size = layer.num_heads, layer.key_size, c // layer.num_heads
+
+    def heads(a, size):
+        return a.reshape(b, t, h, size).transpose(0, 2, 1, 3)
+
+    q = heads(x @ w["query"], k_size) * k_size**-0.5
+    k, v = heads(x @ w["key"], k_size), heads(x @ w["value"], v_size)
+    r_k = (relative_position_basis(t, v_size) @ w["relative_position"]).reshape(1, 2 * t - 1, h, k_size).transpose(0, 2, 1, 3)
+    content = (q + w["content_bias"]) @ k.transpose(0, 1, 3, 2)
+    by_distance = (q + w["position_bias"]) @ r_k.transpose(0, 1, 3, 2)  # (b, h, t, 2t - 1)
+    # Transformer-XL's relative shift: column j of row i becomes distance j - i.
+    shifted = np.pad(by_distance, [(0, 0), (0, 0), (0, 0), (1, 0)]).reshape(b, h, 2 * t, t)[:, :, 1:]
+    relative = shifted.reshape(b, h, t, 2 * t - 1)[..., :t]
+    logits = content + relative
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    attended = (weights @ v).transpose(0, 2, 1, 3).reshape(b, t, h * v_size)
+    return attended @ w["output_kernel"] + w["output_bias"]
+
+
+@pytest.mark.parametrize("heads, key_size, length, channels", [(8, 64, 6, 192), (2, 8, 5, 12)])
+def test_attention_matches_a_plain_reference(heads, key_size, length, channels):
+    layer = RelativeMultiHeadAttention(num_heads=heads, key_size=key_size, attention_dropout=0.3, positional_dropout=0.3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, length, channels)).astype("float32")
+    layer.build(x.shape)
+    # Random weights everywhere, the zero-initialised output projection included, so every term shows.
+    layer.set_weights([rng.normal(scale=0.3, size=w.shape).astype("float32") for w in layer.get_weights()])
+    expected = reference_attention(layer, x.astype("float64"))
+    assert np.abs(expected).max() > 1.0
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_relative_position_basis_is_sign_symmetric():
     basis = relative_position_basis(85, 24)
     assert basis.shape == (169, 24)
+    # One read-only array per (length, size), shared by every attention layer.
+    assert relative_position_basis(85, 24) is basis and not basis.flags.writeable
     centre = 84
     np.testing.assert_allclose(basis[centre + 10, :12], basis[centre - 10, :12])
     np.testing.assert_allclose(basis[centre + 10, 12:], -basis[centre - 10, 12:])
@@ -311,9 +346,12 @@ def test_mixed_bfloat16_keeps_the_output_float32(float32_policy_after):
     core = core_model(training)
     assert core.get_layer("transformer").compute_dtype == "bfloat16"
     assert core.output.dtype == "float32"
+    # Convolutions compute in bfloat16; normalisations and activations stay float32.
+    tower = {type(layer).__name__: layer.compute_dtype for layer in core.get_layer("conv_tower").layers}
+    assert (tower["Conv1D"], tower["BatchNormalization"], tower["Activation"]) == ("bfloat16", "float32", "float32")
     assert np.isfinite(training.train_on_batch(random_codes(4), np.ones(4, dtype="float32")))
     assert training.predict(random_codes(2), verbose=0).dtype == np.float32
-    assert set_precision(TrainConfig()) == "float32"
+    assert set_precision(TrainConfig(mixed_precision=False)) == "float32"
     assert keras.mixed_precision.global_policy().name == "float32"
 
 

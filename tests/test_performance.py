@@ -54,16 +54,21 @@ def synthetic(make_synthetic_data) -> Path:
 
 def test_auto_settings_follow_the_device(monkeypatch):
     monkeypatch.setattr(devices, "gpus", lambda: ())
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert devices.resolve_jit_compile("auto") is False  # TensorFlow on CPU: the graph beats XLA
-    assert devices.resolve_mixed_precision("auto") is False
+    assert devices.resolve_mixed_precision("auto") is False  # no AMX tiles
     assert devices.resolve_jit_compile(True) is True and devices.resolve_mixed_precision(True) is True
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
+    assert devices.resolve_mixed_precision("auto") is True
+    assert devices.resolve_mixed_precision(False) is False
 
     monkeypatch.setattr(devices, "gpus", lambda: (Gpu("NVIDIA H100 80GB HBM3", (9, 0)),))
     assert devices.resolve_jit_compile("auto") is True
     assert devices.resolve_mixed_precision("auto") is True
     assert devices.resolve_jit_compile(False) is False and devices.resolve_mixed_precision(False) is False
 
-    # No bfloat16 units before Ampere, and a GPU that does not say is not trusted with bfloat16.
+    # No bfloat16 units before Ampere, and a GPU that does not say is not trusted with bfloat16,
+    # whatever the host CPU has.
     for gpu in (Gpu("Tesla V100-SXM2-16GB", (7, 0)), Gpu("unknown", None)):
         monkeypatch.setattr(devices, "gpus", lambda gpu=gpu: (gpu,))
         assert devices.resolve_mixed_precision("auto") is False
@@ -72,6 +77,16 @@ def test_auto_settings_follow_the_device(monkeypatch):
     monkeypatch.setattr(devices, "gpus", lambda: ())
     monkeypatch.setattr(devices.keras.backend, "backend", lambda: "jax")
     assert devices.resolve_jit_compile("auto") is True  # JAX without jit runs op by op
+    assert devices.resolve_mixed_precision("auto") is False  # XLA's CPU bfloat16 was no faster, AMX or not
+
+
+def test_cpu_flags_come_from_proc_cpuinfo():
+    flags = devices.cpu_flags()
+    if not Path("/proc/cpuinfo").exists():
+        assert flags == frozenset()
+        return
+    first = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    assert flags == frozenset(first.split(":", 1)[1].split()) and "fpu" in flags
 
 
 def test_compute_capability_is_read_from_either_backend():
@@ -80,12 +95,13 @@ def test_compute_capability_is_read_from_either_backend():
     assert devices._capability(None) is None and devices._capability("sm_90") is None
 
 
-def test_defaults_on_this_cpu_are_float32_without_xla(float32_policy_after):
+def test_defaults_on_this_cpu_are_xla_off_and_bfloat16_only_with_amx(float32_policy_after):
     if devices.gpus():
         pytest.skip("this machine has a GPU")
     train = TrainConfig()
     assert (train.mixed_precision, train.jit_compile) == ("auto", "auto")
-    assert set_precision(train) == "float32"
+    expected = "mixed_bfloat16" if devices.CPU_BFLOAT16_FLAG in devices.cpu_flags() else "float32"
+    assert set_precision(train) == expected
     training = compile_for_training(build_training_model(TINY_MODEL), train)
     assert training.jit_compile is False
     assert devices.describe().startswith("tensorflow on ") and "CPUs" in devices.describe()
