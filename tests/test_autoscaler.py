@@ -266,7 +266,8 @@ def head():
 
         config = home / "ray_bootstrap_config.yaml"  # where `ray up` puts it on the head
         config.write_text(yaml.safe_dump(autoscaler_config(cluster.address)))
-        head_resources = load_cluster_yaml()["available_node_types"][load_cluster_yaml()["head_node_type"]]["resources"]
+        declared = load_cluster_yaml()
+        head_resources = declared["available_node_types"][declared["head_node_type"]]["resources"]
         with open(root / "head.log", "ab") as log:
             processes.append(subprocess.Popen(
                 [executable("ray"), "start", "--head", "--block", f"--port={port}", f"--node-ip-address={HEAD_IP}",
