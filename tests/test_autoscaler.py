@@ -240,6 +240,8 @@ def head():
         PYTHONPATH=str(Path(__file__).resolve().parents[1]),
         TF_CPP_MIN_LOG_LEVEL="2",
         RAY_USAGE_STATS_ENABLED="0",
+        # What Ray writes outside a node's --temp-dir (its current-cluster file, port locks) stays ours too.
+        RAY_TMPDIR=str(root),
         RAY_AUTH_MODE="token",  # as cluster.yaml's setup_commands
         RAY_AUTH_TOKEN_PATH=str(token),
     )

@@ -369,6 +369,8 @@ def cluster(tmp_path_factory):
         PYTHONPATH=str(ROOT),
         TF_CPP_MIN_LOG_LEVEL="2",
         RAY_USAGE_STATS_ENABLED="0",
+        # What Ray writes outside a node's --temp-dir (its current-cluster file, port locks) stays ours too.
+        RAY_TMPDIR=str(root),
         # Ray token authentication for every node and driver, with this cluster's own token.
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN_PATH=str(token),
