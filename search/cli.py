@@ -303,7 +303,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpus-per-trial",
         type=float,
-        help="GPUs per trial; fractions pack trials on one GPU (default: 1 when the cluster has GPUs, else 0)",
+        help="GPUs per trial; fractions pack trials on one GPU (default: 1 when the cluster has GPUs or its "
+        "autoscaler can start GPU workers, else 0)",
     )
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
     parser.add_argument(
