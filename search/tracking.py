@@ -458,7 +458,6 @@ def existing_tracking_store(uri: str | None) -> str:
     where the URI came from.
     """
     import contextlib
-    import os
     import sqlite3
     from urllib.parse import urlparse
 
