@@ -457,7 +457,6 @@ def existing_tracking_store(uri: str | None) -> str:
     mistyped path would silently give an empty store; refuse it instead, naming
     where the URI came from.
     """
-    import contextlib
     import sqlite3
     from urllib.parse import urlparse
 
