@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 
 def _interval(figures: dict | None, signed: bool = False) -> str:
