@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def _interval(figures: dict | None, signed: bool = False) -> str:
     if not figures:
         return "-"
