@@ -529,7 +529,8 @@ def add_intervals(summary: dict, reference: dict, manifest: dict, runs: tracking
     from model.metrics import paired_pearson_difference, pearson_interval
 
     data = PreparedData.load(summary["data_dir"])
-    observed = np.asarray(data.targets[data.eval_index], np.float64)
+    # The eval split's measured values, read (and the data checked) once for intervals and the ensemble.
+    observed = summary["observed"] = np.asarray(data.targets[data.eval_index], np.float64)
     kmer = np.asarray(reference["predicted"])
     summary["reference"] = {"pearson": reference["pearson"], **pearson_interval(observed, kmer)}
     baseline = next((row for row in summary["trials"] if row["baseline"] and row["predicted"] is not None), None)
@@ -567,7 +568,6 @@ def add_ensemble(summary: dict, runs: tracking.StudyRuns, parent_run_id: str, co
 
     import numpy as np
 
-    from data_prep import PreparedData
     from model.metrics import paired_pearson_difference, pearson_interval
     from search.trainable import BEST_MODEL_FILE
 
@@ -575,8 +575,7 @@ def add_ensemble(summary: dict, runs: tracking.StudyRuns, parent_run_id: str, co
     members = members[: config.ensemble_size]
     if len(members) < 2:
         return
-    data = PreparedData.load(summary["data_dir"])
-    observed = np.asarray(data.targets[data.eval_index], np.float64)
+    observed = summary["observed"]
     predicted = np.mean([row["predicted"] for row in members], axis=0)
     ensemble = {
         "members": [row["trial_id"] for row in members],
