@@ -124,7 +124,10 @@ def allow_gpu_memory_growth() -> None:
         import tensorflow as tf
 
         for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:
+                return  # devices already initialised: a reused trial actor set this in its first trial
     elif keras.backend.backend() == "jax":
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def _interval(figures: dict | None, signed: bool = False) -> str:
     if not figures:
@@ -32,6 +34,22 @@ def print_trial_table(summary: dict, top: int = 10, out=print) -> None:
         )
     if "reference" in summary:
         out(f"{'':>4}  {'k-mer ridge':<12} {_interval(summary['reference']):<24} (ridge regression on 4- to 6-mer counts, same split)")
+    if "compute" in summary:
+        out(compute_line(summary["compute"]))
+
+
+def compute_line(compute: dict) -> str:
+    """One line on what the study spent: epochs against running every trial to the end, ASHA's rungs, start-up."""
+    line = (
+        f"compute: {compute['epochs_trained']} of {compute['epochs_without_early_stopping']} epochs "
+        f"({compute['compute_saved_fraction']:.0%} saved), {compute['device_hours']:.3f} device-hours"
+    )
+    if compute.get("rungs"):
+        reached = ", ".join(f"epoch {epoch}: {trials}" for epoch, trials in compute["rungs"].items())
+        line += f"; trials reaching each ASHA rung: {reached}"
+    if math.isfinite(compute["mean_trial_startup_seconds"]):
+        line += f"; trial start-up {compute['mean_trial_startup_seconds']:.1f} s on average"
+    return line
 
 
 def optuna_figures(trials: list[dict], space: dict, directory) -> dict:

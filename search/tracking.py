@@ -205,6 +205,12 @@ class StudyRuns:
             client.log_artifact(run_id, path, "study")
         for name, figure_path in figures.items():
             client.log_artifact(run_id, figure_path, "plots")
+        compute = summary["compute"]
+        self.log_metrics(
+            run_id,
+            {key: value for key, value in compute.items() if key != "rungs" and math.isfinite(value)}
+            | {f"asha_rung_{epoch}_trials": trials for epoch, trials in compute.get("rungs", {}).items()},
+        )
         baseline = next((t for t in summary["trials"] if t["baseline"]), None)
         if baseline is not None and math.isfinite(baseline["best_eval_pearson"]):
             client.log_metric(run_id, "baseline_eval_pearson", baseline["best_eval_pearson"])
@@ -422,9 +428,12 @@ class MlflowTrialLogger(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
         if trial.checkpoint is not None:
+            started = time.perf_counter()
             with trial.checkpoint.as_directory() as directory:
                 for epoch_metrics in self.runs.log_trial_artifacts(run_id, trial_config(trial), Path(directory)):
                     self.log_epoch(run_id, epoch_metrics)
+            # The driver does this between trials' results, so it is part of what a trial costs.
+            self.runs.log_metrics(run_id, {"system/artifact_logging_seconds": time.perf_counter() - started})
         last = trial.last_result or {}
         failed = bool(last.get("diverged"))
         self.runs.finish_run(run_id, "FAILED" if failed else "FINISHED", last.get("stop_reason"))

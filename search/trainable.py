@@ -92,7 +92,13 @@ class TrialState:
 
 
 def train_trial(config: dict) -> None:
-    """Train one configuration, reporting and checkpointing every epoch."""
+    """Train one configuration, reporting and checkpointing every epoch.
+
+    Trials reuse their Ray actors (see `search.study`), so only a process's first trial
+    pays the imports; each trial starts from a cleared Keras session. The start-up
+    (imports, data, model build) is reported so users see what a trial costs before it learns.
+    """
+    entered = time.perf_counter()
     from model import devices
 
     # Before the first model: packed trials (fractional GPUs) must not each grab the whole card.
@@ -111,8 +117,13 @@ def train_trial(config: dict) -> None:
     )
     from model.inputs import CodeBatches
 
+    imported = time.perf_counter()
+    # A reused actor still holds the last trial's graphs and layer-name counters; the
+    # counters name the dropout generators whose state a checkpoint restores by path.
+    keras.backend.clear_session()
     model_config, train_config, data_dir = split_trial_config(config)
     data = PreparedData.load(data_dir)
+    loaded = time.perf_counter()
     policy = set_precision(train_config)
     keras.utils.set_random_seed(train_config.seed)
     batch_size = resolve_batch_size(train_config.batch_size, len(data.train_index))
@@ -133,10 +144,6 @@ def train_trial(config: dict) -> None:
         "resolved_jit_compile": bool(training_model.jit_compile),
     }
     hardware = f"{devices.describe()}, {policy}, XLA {'on' if training_model.jit_compile else 'off'}"
-    training_model = build_training_model(model_config)
-    compile_for_training(training_model, train_config, steps_per_epoch=len(train_batches))
-    training_model.optimizer.build(training_model.trainable_variables)
-    core = core_model(training_model)
 
     state = TrialState()
     checkpoint = tune.get_checkpoint()
@@ -155,8 +162,16 @@ def train_trial(config: dict) -> None:
             }
     else:
         best_files = {}
+    started_fit = time.perf_counter()
+    startup = {
+        "system/startup_seconds": started_fit - entered,
+        "system/startup_import_seconds": imported - entered,
+        "system/startup_data_seconds": loaded - imported,
+        "system/startup_build_seconds": started_fit - loaded,
+    }
 
-    for epoch in range(state.epochs_done, train_config.epochs):
+    first_epoch = state.epochs_done
+    for epoch in range(first_epoch, train_config.epochs):
         train_batches.set_epoch(epoch)
         started = time.perf_counter()
         # The batches are already shuffled by (seed, epoch); Keras' own shuffle would reorder
@@ -200,6 +215,9 @@ def train_trial(config: dict) -> None:
             tune.report(
                 dict(
                     metrics,
+                    # The start-up figures go with this process's first epoch of the trial only.
+                    **(startup if epoch == first_epoch else {}),
+                    startup_seconds=startup["system/startup_seconds"],
                     best_eval_pearson=state.best_eval_pearson,
                     best_epoch=state.best_epoch,
                     derived=derived,
