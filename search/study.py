@@ -431,13 +431,13 @@ def _tune_config(config: StudyConfig, space: dict[str, Parameter], point: dict):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True)
+        # Ray Tune limits the searcher itself from `max_concurrent_trials`.
         search_alg = OptunaSearch(points_to_evaluate=[point], sampler=sampler)
-        if config.max_concurrent:
-            from ray.tune.search import ConcurrencyLimiter
-
-            search_alg = ConcurrencyLimiter(search_alg, max_concurrent=config.max_concurrent)
     if config.scheduler == "asha":
-        scheduler = tune.schedulers.ASHAScheduler(
+        from search.scheduler import BaselineKeepingASHA
+
+        scheduler = BaselineKeepingASHA(
+            config.fixed,
             time_attr="epoch",
             max_t=config.max_epochs,
             grace_period=config.grace_period,

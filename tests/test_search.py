@@ -72,7 +72,7 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
     trials = summary["trials"]
     assert len(trials) == 6 and all(t["status"] == "done" for t in trials), [(t["status"], t["searched"]) for t in trials]
     assert min(t["epochs_trained"] for t in trials) < 4, "ASHA stopped no trial early"
-    assert max(t["epochs_trained"] for t in trials) == 4
+    assert next(t for t in trials if t["baseline"])["epochs_trained"] == 4, "the baseline must train to the end"
 
     client, [parent], children = child_runs(tracking_uri, "six")
     assert len(children) == 6
@@ -240,3 +240,36 @@ def test_killed_search_resumes_with_one_mlflow_run_per_trial(tmp_path, search_da
         assert sorted(steps) == [1, 2, 3], (child.data.tags["ray_trial_id"], steps)
         assert child.info.status == "FINISHED"
     assert (tmp_path / "killed-best_config.json").exists()
+
+
+def test_asha_stops_a_poor_trial_early_but_never_the_baseline():
+    """The baseline is what every trial is compared with, so it trains all its epochs."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from search.scheduler import BaselineKeepingASHA
+    from search.space import baseline_config
+
+    fixed = {"epochs": 4, "seed": 0}
+    asha = dict(time_attr="epoch", metric="search_score", mode="max", max_t=4, grace_period=1, reduction_factor=2)
+    baseline = dict(baseline_config(fixed), data_dir="data")
+
+    def decisions(scheduler) -> dict:
+        trials = {
+            "good": Trial("__fake", config=dict(baseline, learning_rate=0.002), stub=True),
+            "better": Trial("__fake", config=dict(baseline, learning_rate=0.003), stub=True),
+            "baseline": Trial("__fake", config=baseline, stub=True),
+            "poor": Trial("__fake", config=dict(baseline, learning_rate=0.05), stub=True),
+        }
+        scores = {"good": 0.5, "better": 0.6, "baseline": 0.1, "poor": 0.1}
+        for trial in trials.values():
+            scheduler.on_trial_add(None, trial)
+        return {
+            name: scheduler.on_trial_result(None, trial, {"epoch": 1, "search_score": scores[name]})
+            for name, trial in trials.items()
+        }
+
+    plain = decisions(ASHAScheduler(**asha))
+    assert plain["baseline"] == plain["poor"] == TrialScheduler.STOP  # what ASHA alone would do
+    keeping = decisions(BaselineKeepingASHA(fixed, **asha))
+    assert keeping == dict(plain, baseline=TrialScheduler.CONTINUE)
