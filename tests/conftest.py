@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -26,3 +29,17 @@ def make_synthetic_data(tmp_path_factory):
         return made[key]
 
     return make
+
+
+def interrupt_at_checkpoint(command: list[str], cwd: Path, env: dict, study_dir: Path, checkpoint: str,
+                            timeout: float) -> int:
+    """Run a CLI driver, press Ctrl-C once a trial under `study_dir` has `checkpoint`; its exit code."""
+    driver = subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not list(study_dir.glob(f"*/{checkpoint}")):
+        assert driver.poll() is None, f"the driver ended before {checkpoint}"
+        assert time.time() < deadline, f"no {checkpoint} within {timeout:.0f} s"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    return driver.wait(timeout=120)

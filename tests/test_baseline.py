@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import DEMO
+from conftest import DEMO, interrupt_at_checkpoint
 from data_prep import PreparedData, prepare
 
 pytestmark = pytest.mark.slow
@@ -123,14 +121,7 @@ def test_interrupted_baseline_resumes_from_its_checkpoint_without_repeating_epoc
         "--gpus-per-trial", "0", "--epochs", "4", "--batch-size", "16", "--set", "jit_compile=false",
     ]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True)
-    deadline = time.time() + 240
-    while not list((tmp_path / "ray_results" / "resumable").glob("*/checkpoint_*")):
-        assert driver.poll() is None, "the baseline ended before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint within 4 minutes"
-        time.sleep(0.5)
-    driver.send_signal(signal.SIGINT)
-    assert driver.wait(timeout=120) != 0
+    assert interrupt_at_checkpoint(command, tmp_path, env, tmp_path / "ray_results" / "resumable", "checkpoint_*", 240) != 0
     client, [run] = study_runs(tmp_path, "resumable")
     assert run.info.status == "KILLED"
     interrupted_at = len(client.get_metric_history(run.info.run_id, "eval_pearson"))

@@ -14,13 +14,13 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import interrupt_at_checkpoint
 from data_prep import check_prepared, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,15 +247,8 @@ def test_a_baseline_interrupted_after_epoch_2_logs_the_same_metrics_as_an_uninte
 
     assert subprocess.run(command("straight"), cwd=tmp_path, env=ENV, timeout=900, capture_output=True).returncode == 0
 
-    driver = subprocess.Popen(command("resumed"), cwd=tmp_path, env=ENV, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not list((tmp_path / "ray_results" / "resumed").glob("*/checkpoint_000001")):
-        assert driver.poll() is None, "the baseline ended before its second checkpoint"
-        assert time.time() < deadline, "no second checkpoint within 5 minutes"
-        time.sleep(0.2)
-    driver.send_signal(signal.SIGINT)
-    assert driver.wait(timeout=120) != 0
+    study_dir = tmp_path / "ray_results" / "resumed"
+    assert interrupt_at_checkpoint(command("resumed"), tmp_path, ENV, study_dir, "checkpoint_000001", 300) != 0
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("tests").experiment_id
 
