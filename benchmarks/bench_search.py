@@ -9,7 +9,7 @@ early stopping, for at most a quarter of the compute. It also prints what a tria
 before it learns (imports, data, model build; the driver's MLflow artifact logging),
 read back from the studies' MLflow runs.
 
-The defaults are sized for a 2-core CPU (about 25 minutes for both studies): 16 trials
+The defaults are sized for a 2-core CPU (about 21 minutes for both studies): 16 trials
 of a 48-channel, one-layer model on 15,000 sequences, 16 epochs at most, ASHA rungs at
 epochs 1, 4 and 16. `--gpus-per-trial 0.25` packs four trials per GPU; run
 `--schedulers none` with 1, 0.5 and 0.25 to compare the aggregate samples/s of 1, 2 and
