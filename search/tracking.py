@@ -392,7 +392,12 @@ class MlflowTrialLogger(tune.Callback):
         self.logged_steps: dict[str, set[int]] = {}
 
     def run_id(self, trial) -> str:
-        """Find the trial's run (a resumed driver) or create it (a new trial)."""
+        """Find the trial's run (a resumed driver) or create it (a new trial).
+
+        Called at the trial's first result, not at its start: a driver killed between
+        a trial's start and Ray's next save of the experiment would leave a run for a
+        trial the resumed study never knew (and would start again as a new trial).
+        """
         if trial.trial_id not in self.run_ids:
             config = trial_config(trial)
             run_name, tags = self.describe_trial(config, trial_number(trial, self.searched))
@@ -408,9 +413,6 @@ class MlflowTrialLogger(tune.Callback):
         if step not in self.logged_steps[run_id]:
             self.runs.log_epoch(run_id, result)
             self.logged_steps[run_id].add(step)
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_id(trial)  # the run appears, RUNNING, as soon as the trial starts
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_id(trial)
