@@ -165,7 +165,7 @@ class StudyRuns:
             raise RuntimeError(f"several MLflow runs match {tags}; the store is inconsistent")
         return runs[0] if runs else None
 
-    def _create_run(self, run_name: str, tags: dict, params: dict) -> str:
+    def _create_run(self, run_name: str, tags: dict, params: dict, start_time: float | None = None) -> str:
         tags = {
             STUDY_TAG: self.study,
             STUDY_KEY_TAG: study_key(self.study),
@@ -175,7 +175,8 @@ class StudyRuns:
             **tags,
         }
         client = self.client
-        run_id = client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+        started = int((start_time or time.time()) * 1000)
+        run_id = client.create_run(self.experiment_id, start_time=started, tags=tags, run_name=run_name).info.run_id
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
         context = InputTag("mlflow.data.context", "training")
         client.log_inputs(run_id, datasets=[DatasetInput(dataset_entity(self.manifest, self.data_dir), [context])])
@@ -290,15 +291,16 @@ class StudyRuns:
 
     # Trial runs.
 
-    def open_trial_run(self, trial_id: str, run_name: str, tags: dict, params: dict, parent_run_id: str | None):
-        """(run id, epochs already logged): the trial's run found again, or created with its params."""
+    def open_trial_run(self, trial_id: str, run_name: str, tags: dict, params: dict, parent_run_id: str | None,
+                       start_time: float | None = None):
+        """(run id, epochs already logged): the trial's run found again, or created with its params and start time."""
         run = self.find_run(**{TRIAL_ID_TAG: trial_id})
         client = self.client
         if run is None:
             tags = {TRIAL_ID_TAG: trial_id, **tags}
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id
-            return self._create_run(run_name, tags, params), set()
+            return self._create_run(run_name, tags, params, start_time), set()
         if run.info.status != "RUNNING":
             client.update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id, {m.step for m in client.get_metric_history(run.info.run_id, "train_loss")}
@@ -390,6 +392,7 @@ class MlflowTrialLogger(tune.Callback):
         self.parent_run_id = parent_run_id
         self.run_ids: dict[str, str] = {}
         self.logged_steps: dict[str, set[int]] = {}
+        self.start_times: dict[str, float] = {}
 
     def run_id(self, trial) -> str:
         """Find the trial's run (a resumed driver) or create it (a new trial).
@@ -402,7 +405,8 @@ class MlflowTrialLogger(tune.Callback):
             config = trial_config(trial)
             run_name, tags = self.describe_trial(config, trial_number(trial, self.searched))
             run_id, logged = self.runs.open_trial_run(
-                trial.trial_id, run_name, tags, self.params(config), self.parent_run_id
+                trial.trial_id, run_name, tags, self.params(config), self.parent_run_id,
+                self.start_times.get(trial.trial_id),
             )
             self.run_ids[trial.trial_id] = run_id
             self.logged_steps[run_id] = logged
@@ -413,6 +417,9 @@ class MlflowTrialLogger(tune.Callback):
         if step not in self.logged_steps[run_id]:
             self.runs.log_epoch(run_id, result)
             self.logged_steps[run_id].add(step)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.start_times.setdefault(trial.trial_id, time.time())  # the run, opened at the first result, starts here
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_id(trial)

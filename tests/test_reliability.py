@@ -200,7 +200,10 @@ def test_an_interrupted_prepare_leaves_the_earlier_output_intact(tmp_path, sig):
     prepare(small, tmp_path / "prepared", eval_size=5)
     before = tree(tmp_path)
     command = [sys.executable, "-m", "search.cli", "prepare", str(big), "--out", str(tmp_path / "prepared"), "--overwrite"]
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # As from a terminal: a suite started in the background (nohup, `&`) ignores SIGINT, and
+    # Python leaves an inherited "ignore" in place, so Ctrl-C would never reach prepare.
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     progress = b""
     while b"prepare big.txt [" not in progress:  # the first block is read, the scratch directory filled
         chunk = os.read(process.stderr.fileno(), 200)
