@@ -74,17 +74,17 @@ def run(args, scheduler: str, data_dir: Path, root: Path) -> dict:
     started = time.perf_counter()
     summary = run_study(config, progress=lambda message: print(f"  {message}", flush=True))
     wall = time.perf_counter() - started
-    trials = summary["trials"]
+    trials, compute = summary["trials"], summary["compute"]
     train_size = json.loads((data_dir / "manifest.json").read_text())["train_size"]
-    epochs = sum(t["epochs_trained"] for t in trials)
+    epochs = compute["epochs_trained"]
     return {
         "scheduler": scheduler,
-        "rungs": summary["compute"].get("rungs", {}),
+        "rungs": compute.get("rungs", {}),
         "startup": startup_figures(config.tracking_uri, config.experiment, config.name),
         "trials": len(trials),
         "done": sum(t["status"] == "done" for t in trials),
         "epochs_trained": epochs,
-        "device_hours": sum(t["device_hours"] for t in trials),
+        "device_hours": compute["device_hours"],
         "best_eval_pearson": max((t["best_eval_pearson"] for t in trials if t["status"] == "done"), default=float("nan")),
         "wall_s": wall,
         "aggregate_samples_per_s": epochs * train_size / wall,
