@@ -394,6 +394,10 @@ class MlflowTrialLogger(tune.Callback):
         self.logged_steps: dict[str, set[int]] = {}
         self.start_times: dict[str, float] = {}
 
+    def __setstate__(self, state):
+        # Restored with the tuner on --resume; a study started by an earlier version has no start times.
+        self.__dict__.update({"start_times": {}, **state})
+
     def run_id(self, trial) -> str:
         """Find the trial's run (a resumed driver) or create it (a new trial).
 
