@@ -19,8 +19,13 @@ LR_SCHEDULES = ("constant", "one_cycle", "warmup_cosine")
 RELATIVE_POSITION_COMPONENTS = 6
 
 
+def is_int(value: Any) -> bool:
+    """A whole number as a config takes it: an int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_int(cls_name: str, name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(
             f"{cls_name}.{name} must be an integer >= {minimum}; got {value!r}."
         )

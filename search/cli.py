@@ -11,11 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-# Defaults for the embedded data set and the `--quick` run (about 5 minutes on 2 CPU cores).
-EMBEDDED = {"n": 200_000, "eval_size": 10_000, "epochs": 10, "batch_size": 10_000}
-QUICK = {"n": 24_000, "eval_size": 4_000, "epochs": 4, "batch_size": 256}
-# The README's first command: the baseline and a few Optuna trials under ASHA, about 6 minutes on 2 cores.
-QUICK_SEARCH = {"n": 12_000, "eval_size": 2_000, "epochs": 3, "batch_size": 256, "num_trials": 4, "max_concurrent": 2}
+from search.settings import BACKENDS, DEFAULT_NUM_TRIALS, EMBEDDED, QUICK, QUICK_SEARCH, SCHEDULERS, default
 
 
 def cache_dir() -> Path:
@@ -79,7 +75,7 @@ def resolve_data(args, defaults: dict) -> Path:
 
 def study_config(args, kind: str, data_dir: Path, fixed: dict, **fields):
     """The StudyConfig of a baseline or search command: the options they share plus each one's own."""
-    from search.study import StudyConfig
+    from search.settings import StudyConfig
 
     return StudyConfig(
         name=study_name(args, kind),
@@ -111,7 +107,7 @@ def mlflow_executable() -> str:
 
 
 def print_ui_hint(args) -> None:
-    from search.tracking import resolve_tracking_uri, ui_command
+    from search.tracking_store import resolve_tracking_uri, ui_command
 
     print(f"\nbrowse the results: {ui_command(resolve_tracking_uri(args.tracking_uri), mlflow_executable())}")
 
@@ -121,12 +117,9 @@ def given(value, default):
     return default if value is None else value
 
 
-def cmd_baseline(args) -> int:
-    from search.report import print_trial_table
-    from search.study import run_study
-
+def baseline_config(args, data_dir: Path):
+    """The baseline command's study: one trial, the seed changed by --set and --config when given."""
     defaults = QUICK if args.quick else EMBEDDED
-    data_dir = resolve_data(args, defaults)
     fixed = {"seed": args.seed, "epochs": given(args.epochs, defaults["epochs"])}
     if args.quick or args.batch_size is not None:
         fixed["batch_size"] = given(args.batch_size, defaults["batch_size"])
@@ -135,8 +128,7 @@ def cmd_baseline(args) -> int:
         # the command's own flags decide these, whatever the config file trained with
         if key in fixed:
             overrides.pop(key, None)
-
-    config = study_config(
+    return study_config(
         args,
         "baseline",
         data_dir,
@@ -144,32 +136,22 @@ def cmd_baseline(args) -> int:
         overrides=overrides,
         derived_from=str(args.config.resolve()) if args.config else None,
     )
-    summary = run_study(config)
-    print()
-    print_trial_table(summary)
-    print_ui_hint(args)
-    return 0 if summary["best"] else 1
 
 
-def cmd_search(args) -> int:
-    from search.report import print_trial_table
-    from search.space import load_space
-    from search.study import run_study, write_best_config
-
-    space = load_space(args.space)
+def search_config(args, data_dir: Path, space: dict):
+    """The search command's study: the space, the trials and their scheduling, --set fields fixed for all."""
     defaults = QUICK_SEARCH if args.quick else EMBEDDED
-    data_dir = resolve_data(args, defaults)
     fixed = {"epochs": given(args.max_epochs, defaults["epochs"]), "seed": args.seed}
     if "batch_size" not in space and (args.quick or args.batch_size is not None):
         fixed["batch_size"] = given(args.batch_size, defaults["batch_size"])
     fixed.update(dict(args.set))
-    config = study_config(
+    return study_config(
         args,
         "search",
         data_dir,
         fixed,
         space=space,
-        num_trials=given(args.num_trials, defaults.get("num_trials", 20)),
+        num_trials=given(args.num_trials, defaults.get("num_trials", DEFAULT_NUM_TRIALS)),
         max_concurrent=given(args.max_concurrent, defaults.get("max_concurrent")),
         scheduler=args.scheduler,
         grace_period=args.grace_period,
@@ -177,27 +159,43 @@ def cmd_search(args) -> int:
         register_as=args.register_as,
         ensemble_size=args.ensemble_size,
     )
-    summary = run_study(config)
+
+
+def cmd_baseline(args) -> int:
+    from search.report import trial_table
+    from search.study import run_study
+
+    data_dir = resolve_data(args, QUICK if args.quick else EMBEDDED)
+    result = run_study(baseline_config(args, data_dir))
     print()
-    print_trial_table(summary)
-    best = summary["best"]
+    print("\n".join(trial_table(result)))
+    print_ui_hint(args)
+    return 0 if result.best else 1
+
+
+def cmd_search(args) -> int:
+    from search.report import ensemble_line, trial_table
+    from search.results import write_best_config
+    from search.study import run_study
+
+    from search.space import load_space
+
+    space = load_space(args.space)  # refused before the embedded data set is made
+    config = search_config(args, resolve_data(args, QUICK_SEARCH if args.quick else EMBEDDED), space)
+    result = run_study(config)
+    print()
+    print("\n".join(trial_table(result)))
+    best = result.best
     if best:
         out = args.best_config or Path(f"{config.name}-best_config.json")
         write_best_config(best, out)
         print(f"\nbest config written to {out}; retrain it with: dream-hpo baseline --config {out}")
     else:
         print("\nno trial finished with a finite eval Pearson and a logged model; see the reasons above", file=sys.stderr)
-    if summary.get("registered"):
-        print(f"best model registered as {summary['registered']}")
-    if summary.get("ensemble"):
-        ensemble = summary["ensemble"]
-        interval, delta = ensemble["interval"], ensemble["vs_best"]
-        print(
-            f"ensemble of the top {len(ensemble['members'])}: eval r {interval['estimate']:.3f} "
-            f"[{interval['low']:.3f}, {interval['high']:.3f}], vs the single best {delta['estimate']:+.3f} "
-            f"[{delta['low']:+.3f}, {delta['high']:+.3f}]"
-            + (f"; registered as {ensemble['registered']}" if ensemble["registered"] else "")
-        )
+    if result.registered.best:
+        print(f"best model registered as {result.registered.best}")
+    if result.ensemble:
+        print(ensemble_line(result.ensemble, result.registered.ensemble))
     print_ui_hint(args)
     return 0 if best else 1
 
@@ -276,12 +274,18 @@ def config_setting(text: str) -> tuple[str, object]:
     allowed = sorted(set(ModelConfig.fields()) | set(TrainConfig.fields()))
     if key not in allowed:
         raise argparse.ArgumentTypeError(f"{key!r} is not a config field; allowed: {', '.join(allowed)}")
+    if key in FIELDS_WITH_FLAGS:
+        raise argparse.ArgumentTypeError(f"{key!r} has its own flag: use {FIELDS_WITH_FLAGS[key]} instead of --set")
     return key, yaml.safe_load(value)
+
+
+# Config fields the study commands set with flags of their own; `--set` would contradict them.
+FIELDS_WITH_FLAGS = {"epochs": "--epochs (baseline) or --max-epochs (search)", "seed": "--seed", "batch_size": "--batch-size"}
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="prepared data directory (default: embedded synthetic set)")
-    parser.add_argument("--experiment", default="dream-hpo", help="MLflow experiment name (default: %(default)s)")
+    parser.add_argument("--experiment", default=default("experiment"), help="MLflow experiment name (default: %(default)s)")
     parser.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)",
@@ -306,14 +310,14 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         help="GPUs per trial; fractions pack trials on one GPU (default: 1 when the cluster has GPUs or its "
         "autoscaler can start GPU workers, else 0)",
     )
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
+    parser.add_argument("--cpus-per-trial", type=float, default=default("cpus_per_trial"), help="CPUs per trial (default: %(default)s)")
     parser.add_argument(
         "--backend",
-        choices=["tensorflow", "jax"],
-        default="tensorflow",
+        choices=list(BACKENDS),
+        default=default("backend"),
         help="Keras backend the trials train on (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=default("seed"), help="training seed (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the study of this --name after a crash")
     parser.add_argument(
         "--verbose", action="store_true", help="show Ray Tune's own reporter and the workers' output (TensorFlow, CUDA)"
@@ -341,7 +345,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)"
     )
-    parser.add_argument("--batch-size", type=int, default=1024, help="sequences per batch (default: %(default)s)")
+    from model.inference import DEFAULT_BATCH_SIZE
+
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="sequences per batch (default: %(default)s)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,20 +422,31 @@ def build_parser() -> argparse.ArgumentParser:
         "averaging) or a search space file (.yaml or .toml); default: the seed's five dimensions",
     )
     search.add_argument(
-        "--num-trials", type=int, help=f"trials, the baseline included (default: 20; quick: {QUICK_SEARCH['num_trials']})"
+        "--num-trials", type=int,
+        help=f"trials, the baseline included (default: {DEFAULT_NUM_TRIALS}; quick: {QUICK_SEARCH['num_trials']})"
     )
     search.add_argument("--max-concurrent", type=int, help="trials running at once (default: as resources allow)")
-    search.add_argument("--scheduler", choices=["asha", "none"], default="asha", help="early stopping (default: %(default)s)")
-    search.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial may stop (default: %(default)s)")
-    search.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/F at each rung (default: %(default)s)")
-    search.add_argument("--max-epochs", type=int, help=f"epochs per trial (default: {EMBEDDED['epochs']}, quick: {QUICK['epochs']})")
+    search.add_argument(
+        "--scheduler", choices=list(SCHEDULERS), default=default("scheduler"), help="early stopping (default: %(default)s)"
+    )
+    search.add_argument(
+        "--grace-period", type=int, default=default("grace_period"),
+        help="ASHA: epochs before a trial may stop (default: %(default)s)",
+    )
+    search.add_argument(
+        "--reduction-factor", type=int, default=default("reduction_factor"),
+        help="ASHA: keep 1/F at each rung (default: %(default)s)",
+    )
+    search.add_argument("--max-epochs", type=int, help=f"epochs per trial (default: {EMBEDDED['epochs']}, quick: {QUICK_SEARCH['epochs']})")
     search.add_argument("--batch-size", type=int, help="batch size unless searched (default: 10,000; quick: 256)")
     search.add_argument("--name", help="study name (default: search-DATE-TIME); --resume needs it")
-    search.add_argument("--register-as", default="dream-hpo-best", help="Model Registry name for the best model (default: %(default)s)")
+    search.add_argument(
+        "--register-as", default=default("register_as"), help="Model Registry name for the best model (default: %(default)s)"
+    )
     search.add_argument(
         "--ensemble-size",
         type=int,
-        default=3,
+        default=default("ensemble_size"),
         help="average the top K finished trials into one model, scored and registered as NAME-ensemble "
         "(default: %(default)s; 0 turns it off). The single best stays the registered default",
     )
@@ -480,6 +499,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # bad input and I/O failures (disk full, read-only): one line
         print(f"dream-hpo {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a failure deep inside Keras or MLflow: its cause in one line, not its dump
+        if args.command not in ("predict", "evaluate"):
+            raise
+        from search.predict import cause
+
+        print(f"dream-hpo {args.command}: error: {type(error).__name__}: {cause(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as interruption:
         print(f"dream-hpo {args.command}: interrupted {interruption}".rstrip(), file=sys.stderr)
         return 130

@@ -121,3 +121,31 @@ def warn_if_no_gpus(gpus_per_trial: float, cluster_resources: dict) -> None:
             "GPU workers: trials wait until GPU nodes join (pass --gpus-per-trial 0 to train on CPUs)",
             file=sys.stderr,
         )
+
+
+# Schemes of pyarrow file systems Ray Tune can write checkpoints to; a plain path is a local directory.
+REMOTE_STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
+def check_storage_location(storage_path: str) -> None:
+    """Refuse, before Ray starts, a storage path no study could write: a file, an unwritable folder, an unknown scheme.
+
+    Whether every node of a cluster reaches it is `check_storage`'s question, asked once Ray is up.
+    """
+    import os
+
+    scheme = urlparse(storage_path).scheme
+    flag = f"--storage-path {storage_path}"
+    if is_remote_uri(storage_path):
+        if scheme not in REMOTE_STORAGE_SCHEMES:
+            raise StorageError(
+                f"{flag}: unknown scheme {scheme!r}; use a directory, or one of "
+                f"{', '.join(s + '://' for s in REMOTE_STORAGE_SCHEMES)}"
+            )
+        return
+    path = Path(urlparse(storage_path).path if scheme == "file" else storage_path).expanduser().resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise StorageError(f"{flag}: {existing} is a file, not a directory; give a directory for the study's checkpoints")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"{flag}: cannot write in {existing} (permission denied); give a directory you can write")

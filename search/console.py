@@ -13,6 +13,9 @@ import time
 
 from ray import tune
 
+from search.baseline import is_baseline
+from search.runtime import error_summary, trial_config, trial_number
+
 
 def duration(seconds: float) -> str:
     """12s, 4m05s, 2h07m."""
@@ -54,9 +57,6 @@ class ConsoleReporter(tune.Callback):
         self.started = time.monotonic()
 
     def _label(self, trial) -> str:
-        from search.space import is_baseline
-        from search.tracking import trial_config, trial_number
-
         baseline = " [baseline]" if is_baseline(trial_config(trial), self.fixed) else ""
         return f"trial {trial_number(trial, self.searched)}/{self.num_trials}{baseline}"
 
@@ -96,8 +96,6 @@ class ConsoleReporter(tune.Callback):
             self.out(f"{self._label(trial)}  stopped early by ASHA after epoch {epochs}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from search.tracking import error_summary
-
         self.finished.add(trial.trial_id)
         self.out(f"{self._label(trial)}  FAILED: {error_summary(trial)}")
 

@@ -1,4 +1,4 @@
-"""Figures people would rather look at than read: training curves and fit quality."""
+"""Every figure a study draws: a trial's training curve and fit, the search's Optuna plots. Files only; `search.tracking` logs them."""
 
 from __future__ import annotations
 
@@ -40,3 +40,33 @@ def observed_vs_predicted(observed: np.ndarray, predicted: np.ndarray, path: Pat
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def optuna_figures(trials: list[dict], space: dict, directory) -> dict:
+    """Optimisation history, parameter importances and parallel coordinates of the finished trials."""
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    distributions = {name: parameter.to_optuna() for name, parameter in space.items()}
+    for trial in sorted(trials, key=lambda t: t.trial_id or ""):
+        params = {k: trial.config[k] for k in distributions}
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, value=trial.best_eval_pearson)
+        )
+    figures = {"optimization_history": optuna_plots.plot_optimization_history}
+    if len(trials) >= 2:
+        figures["parallel_coordinate"] = optuna_plots.plot_parallel_coordinate
+    if len(trials) >= 3:
+        figures["param_importances"] = optuna_plots.plot_param_importances
+    paths = {}
+    for name, plot in figures.items():
+        axes = plot(study)
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+        figure.set_size_inches(9, 5)
+        figure.tight_layout()
+        paths[name] = directory / f"{name}.png"
+        figure.savefig(paths[name], dpi=110)
+        plt.close(figure)
+    return paths

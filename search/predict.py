@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Callable
 
 from data_prep.submission import FORMATS
+from model.inference import DEFAULT_BATCH_SIZE
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -41,29 +43,84 @@ def resolve_model(spec: str) -> str:
 
 
 def load_keras_models(model: str, tracking_uri: str | None = None) -> list:
-    """The Keras model(s) behind a resolved `.keras` path or MLflow URI (an ensemble has several)."""
-    if not model.startswith(MLFLOW_SCHEMES):
-        from model import load_model
+    """The Keras model(s) behind a resolved `.keras` path or MLflow URI (an ensemble has several).
 
-        return [load_model(model)]
+    A model that does not load is a ValueError naming it and the first line of the
+    cause, not the model config Keras wraps around it.
+    """
+    import_keras_quietly()
+    try:
+        if not model.startswith(MLFLOW_SCHEMES):
+            from model import load_model
+
+            return [load_model(model)]
+        return _load_logged_model(model, tracking_uri)
+    except Exception as error:
+        raise ValueError(f"cannot load model {model}: {cause(error)}") from error
+
+
+def _load_logged_model(model: str, tracking_uri: str | None) -> list:
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from search.serving import load_sequence_model
-    from search.tracking import existing_tracking_store
+    from search.tracking_store import existing_tracking_store
 
     tracking_uri = existing_tracking_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
+    # predict draws its own progress bar; MLflow's download bars would interleave with it.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return load_sequence_model(model)
     except MlflowException as error:
-        raise ValueError(f"cannot load {model} from the MLflow store {tracking_uri}: {error.message}") from None
+        raise ValueError(f"{error.message} (in the MLflow store {tracking_uri})") from None
+
+
+def cause(error: BaseException) -> str:
+    """The first line of the innermost error, without the model config Keras appends to it."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).rpartition("Exception encountered: ")[2].partition(" Full object config")[0].strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def import_keras_quietly() -> None:
+    """Import Keras, and TensorFlow under it, without TensorFlow's start-up lines on the console.
+
+    TF_CPP_MIN_LOG_LEVEL=3 silences TensorFlow's C++ log from then on (the cuInit
+    error on a machine without a GPU). The oneDNN and CUDA lines it writes while
+    loading come before absl's log is initialised, which no setting silences, so
+    the process's stderr points at a file during the import; the file is shown
+    only if the import fails.
+    """
+    if "keras" in sys.modules:
+        return
+    import tempfile
+
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
 
 
 def check_store(model: str, tracking_uri: str | None) -> None:
     """Refuse a missing MLflow store before the test file is read, when the model comes from one."""
     if model.startswith(MLFLOW_SCHEMES):
-        from search.tracking import existing_tracking_store
+        from search.tracking_store import existing_tracking_store
 
         existing_tracking_store(tracking_uri)
 
@@ -83,7 +140,7 @@ def predict_file(
     out,
     format: str | None = None,
     tracking_uri: str | None = None,
-    batch_size: int = 1024,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None,
 ) -> int:
     """Write the submission for every line of `sequences` to `out`; returns the number of predictions."""
@@ -110,7 +167,7 @@ def evaluate_file(
     public_leaderboard=None,
     log_to: str | None = None,
     tracking_uri: str | None = None,
-    batch_size: int = 1024,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None,
 ):
     """Challenge scores of the model on a test file with measured expression; logged to `log_to` if given."""
@@ -153,7 +210,7 @@ def _run_client(run_id: str, tracking_uri: str | None):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import existing_tracking_store
+    from search.tracking_store import existing_tracking_store
 
     tracking_uri = existing_tracking_store(tracking_uri)
     client = MlflowClient(tracking_uri)

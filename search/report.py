@@ -1,86 +1,99 @@
-"""What a study shows people: the terminal table and the parent run's figures (formatting only; search.tracking logs)."""
+"""What a study tells people in the terminal: its header, the final table and the lines after it. Text only."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+from search.results import Compute, EnsembleResult, Interval, StudyResult
 
 
-def _interval(figures: dict | None, signed: bool = False) -> str:
-    if not figures:
+def header(config, gpus: float, tracking_uri: str) -> str:
+    """The study's first lines: what runs, on what data and resources, and where results go."""
+    from search.settings import experiment_path
+
+    kind = f"search of {config.num_trials} trials" if config.searched else "one trial"
+    schedule = f", {config.scheduler} scheduler" if config.searched else ""
+    concurrency = f", at most {config.max_concurrent} at once" if config.max_concurrent else ""
+    return (
+        f"study '{config.name}': {kind} ({config.max_epochs} epochs at most{schedule}{concurrency})\n"
+        f"  data:      {Path(config.data_dir).resolve()}\n"
+        f"  resources: {gpus:g} GPU and {config.cpus_per_trial:g} CPU per trial, Keras on {config.backend}\n"
+        f"  results:   MLflow {tracking_uri} (experiment '{config.experiment}'), checkpoints {experiment_path(config)}"
+    )
+
+
+def reference_line(reference: dict) -> str:
+    return (
+        f"k-mer reference (ridge on 4-6-mer counts, fitted on {reference['n_fit']:,} training sequences "
+        f"in {reference['seconds']:.0f} s, cached): eval r {reference['pearson']:.4f}"
+    )
+
+
+def _interval(figures: Interval | None, signed: bool = False) -> str:
+    if figures is None:
         return "-"
     sign = "+" if signed else ""
-    return f"{figures['estimate']:{sign}.3f} [{figures['low']:{sign}.3f}, {figures['high']:{sign}.3f}]"
+    return f"{figures.estimate:{sign}.3f} [{figures.low:{sign}.3f}, {figures.high:{sign}.3f}]"
 
 
-def print_trial_table(summary: dict, top: int = 10, out=print) -> None:
+def trial_table(result: StudyResult, top: int = 10) -> list[str]:
     """Top trials against the baseline and the k-mer reference, with bootstrap 95 % intervals.
 
     "vs baseline" and "vs k-mer" are paired differences of eval Pearson on the same
     resampled evaluation rows: an interval above zero is a better model on this split.
-    Failed trials come last with their reason.
+    Failed trials come last with their reason; trials beyond `top` are counted.
     """
-    header = f"{'rank':>4}  {'trial':<12} {'eval r [95% CI]':<24} {'vs baseline [95% CI]':<26} {'vs k-mer [95% CI]':<26} {'epochs':>6} {'hours':>7}  status     config"
-    out(header)
-    for rank, trial in enumerate(summary["trials"][:top], start=1):
-        config = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["searched"].items())
-        shown_rank = str(rank) if trial["status"] == "done" else "-"
-        reason = f"  ({trial['reason']})" if trial["status"] != "done" and trial["reason"] else ""
-        pearson = _interval(trial.get("interval")) if "interval" in trial else f"{trial['best_eval_pearson']:.3f}"
-        out(
-            f"{shown_rank:>4}  {(trial['trial_id'] or '?'):<12} {pearson:<24} "
-            f"{_interval(trial.get('vs_baseline'), signed=True):<26} {_interval(trial.get('vs_kmer'), signed=True):<26} "
-            f"{trial['epochs_trained']:>6} {trial['device_hours']:>7.3f}  "
-            f"{trial['status']:<9}  {'[baseline] ' if trial['baseline'] else ''}{config}{reason}"
+    lines = [
+        f"{'rank':>4}  {'trial':<12} {'eval r [95% CI]':<24} {'vs baseline [95% CI]':<26} "
+        f"{'vs k-mer [95% CI]':<26} {'epochs':>6} {'hours':>7}  status     config"
+    ]
+    for rank, trial in enumerate(result.trials[:top], start=1):
+        config = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.searched.items())
+        shown_rank = str(rank) if trial.status == "done" else "-"
+        reason = f"  ({trial.reason})" if trial.status != "done" and trial.reason else ""
+        pearson = _interval(trial.interval) if trial.interval else f"{trial.best_eval_pearson:.3f}"
+        lines.append(
+            f"{shown_rank:>4}  {(trial.trial_id or '?'):<12} {pearson:<24} "
+            f"{_interval(trial.vs_baseline, signed=True):<26} {_interval(trial.vs_kmer, signed=True):<26} "
+            f"{trial.epochs_trained:>6} {trial.device_hours:>7.3f}  "
+            f"{trial.status:<9}  {'[baseline] ' if trial.baseline else ''}{config}{reason}"
         )
-    if "reference" in summary:
-        out(f"{'':>4}  {'k-mer ridge':<12} {_interval(summary['reference']):<24} (ridge regression on 4- to 6-mer counts, same split)")
-    if "compute" in summary:
-        out(compute_line(summary["compute"]))
+    left_out = result.trials[top:]
+    if left_out:
+        failed = sum(trial.status != "done" for trial in left_out)
+        lines.append(
+            f"{'':>4}  ... {len(left_out)} more trial{'s' * (len(left_out) > 1)} not shown"
+            + (f" ({failed} of them not done)" if failed else "")
+            + "; all are in the parent run's study/trials.csv"
+        )
+    if result.reference is not None:
+        lines.append(
+            f"{'':>4}  {'k-mer ridge':<12} {_interval(result.reference):<24} "
+            "(ridge regression on 4- to 6-mer counts, same split)"
+        )
+    lines.append(compute_line(result.compute))
+    return lines
 
 
-def compute_line(compute: dict) -> str:
+def compute_line(compute: Compute) -> str:
     """One line on what the study spent: epochs against running every trial to the end, ASHA's rungs, start-up."""
     line = (
-        f"compute: {compute['epochs_trained']} of {compute['epochs_without_early_stopping']} epochs "
-        f"({compute['compute_saved_fraction']:.0%} saved), {compute['device_hours']:.3f} device-hours"
+        f"compute: {compute.epochs_trained} of {compute.epochs_without_early_stopping} epochs "
+        f"({compute.saved_fraction:.0%} saved), {compute.device_hours:.3f} device-hours"
     )
-    if compute.get("rungs"):
-        reached = ", ".join(f"epoch {epoch}: {trials}" for epoch, trials in compute["rungs"].items())
+    if compute.rungs:
+        reached = ", ".join(f"epoch {epoch}: {trials}" for epoch, trials in compute.rungs.items())
         line += f"; trials reaching each ASHA rung: {reached}"
-    if math.isfinite(compute["mean_trial_startup_seconds"]):
-        line += f"; trial start-up {compute['mean_trial_startup_seconds']:.1f} s on average"
+    if math.isfinite(compute.mean_trial_startup_seconds):
+        line += f"; trial start-up {compute.mean_trial_startup_seconds:.1f} s on average"
     return line
 
 
-def optuna_figures(trials: list[dict], space: dict, directory) -> dict:
-    """Optimisation history, parameter importances and parallel coordinates of the finished trials."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as optuna_plots
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    distributions = {name: parameter.to_optuna() for name, parameter in space.items()}
-    for trial in sorted(trials, key=lambda t: t["trial_id"] or ""):
-        params = {k: trial["config"][k] for k in distributions}
-        study.add_trial(
-            optuna.trial.create_trial(params=params, distributions=distributions, value=trial["best_eval_pearson"])
-        )
-    figures = {"optimization_history": optuna_plots.plot_optimization_history}
-    if len(trials) >= 2:
-        figures["parallel_coordinate"] = optuna_plots.plot_parallel_coordinate
-    if len(trials) >= 3:
-        figures["param_importances"] = optuna_plots.plot_param_importances
-    paths = {}
-    for name, plot in figures.items():
-        axes = plot(study)
-        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
-        figure.set_size_inches(9, 5)
-        figure.tight_layout()
-        paths[name] = directory / f"{name}.png"
-        figure.savefig(paths[name], dpi=110)
-        plt.close(figure)
-    return paths
+def ensemble_line(ensemble: EnsembleResult, registered: str | None) -> str:
+    interval, delta = ensemble.interval, ensemble.vs_best
+    return (
+        f"ensemble of the top {len(ensemble.members)}: eval r {interval.estimate:.3f} "
+        f"[{interval.low:.3f}, {interval.high:.3f}], vs the single best {delta.estimate:+.3f} "
+        f"[{delta.low:+.3f}, {delta.high:+.3f}]" + (f"; registered as {registered}" if registered else "")
+    )

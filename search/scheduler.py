@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from search.space import is_baseline
-from search.tracking import trial_config
+from search.baseline import is_baseline
+from search.runtime import trial_config
 
 
 class BaselineKeepingASHA(ASHAScheduler):

@@ -108,30 +108,31 @@ def save_model(path, mlflow_model=None, validate_serving_input=True, **kwargs):
     mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kwargs)
 
 
-def log_sequence_model(run_id: str, keras_paths: list[Path], name: str = LOGGED_MODEL_NAME):
+def log_sequence_model(run_id: str, keras_paths: list[Path], name: str = LOGGED_MODEL_NAME, model_id: str | None = None):
     """Log the .keras model(s) to the run as one sequence-serving pyfunc; returns MLflow's ModelInfo.
 
-    Several paths make an ensemble that serves the mean of their predictions.
+    Several paths make an ensemble that serves the mean of their predictions. `model_id`
+    is a logged model already created for it (`search.tracking` creates it in the study's
+    experiment); without one MLflow creates it in the active experiment.
 
     Requirements are pinned to this environment's versions instead of inferred,
     which would load the model in a subprocess for every trial.
     """
     from mlflow.models import Model
 
-    # The run's context puts the logged model in the run's experiment.
-    with mlflow.start_run(run_id=run_id):
-        return Model.log(
-            artifact_path=None,
-            name=name,
-            flavor=sys.modules[__name__],
-            run_id=run_id,
-            python_model=str(MODEL_CODE),
-            artifacts=member_artifacts(keras_paths),
-            signature=signature(),
-            input_example=INPUT_EXAMPLE,
-            pip_requirements=[f"{package}=={metadata.version(package)}" for package in REQUIREMENTS],
-            validate_serving_input=False,
-        )
+    return Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=sys.modules[__name__],
+        run_id=run_id,
+        model_id=model_id,
+        python_model=str(MODEL_CODE),
+        artifacts=member_artifacts(keras_paths),
+        signature=signature(),
+        input_example=INPUT_EXAMPLE,
+        pip_requirements=[f"{package}=={metadata.version(package)}" for package in REQUIREMENTS],
+        validate_serving_input=False,
+    )
 
 
 def member_artifacts(keras_paths: list[Path]) -> dict[str, str]:
@@ -151,7 +152,7 @@ def load_sequence_model(model_uri: str) -> list:
         python_model = None
     if not isinstance(python_model, SequenceModel):
         raise ValueError(
-            f"{model_uri} is not a dream-hpo sequence model (one logged by search.serving.log_sequence_model); "
+            "not a dream-hpo sequence model (one logged by search.serving.log_sequence_model); "
             f"its pyfunc loader is {loaded.metadata.flavors['python_function'].get('loader_module')}"
         )
     return python_model.keras_models

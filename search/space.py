@@ -14,10 +14,10 @@ from pathlib import Path
 
 import yaml
 
+from search.baseline import baseline_config
+
 # Config fields a study sets for all its trials, with the flag that sets them.
 STUDY_FIELDS = {"epochs": "--max-epochs", "seed": "--seed"}
-# How a trial runs, not what it computes: setting them keeps a run the baseline.
-EXECUTION_FIELDS = ("jit_compile", "mixed_precision")
 
 DEFAULT_SPACE = {
     "channels": {"type": "int", "low": 96, "high": 384, "step": 48},
@@ -171,38 +171,6 @@ def load_space(path: Path | str | None) -> dict[str, Parameter]:
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
         raise SpaceError(f"--space {path}: not valid {path.suffix[1:].upper()}: {error}") from error
     return parse_space(raw, str(path))
-
-
-def seed_config() -> dict:
-    """The seed's full configuration: every field of ModelConfig and TrainConfig at its default."""
-    from model import ModelConfig, TrainConfig
-
-    return {**ModelConfig().to_dict(), **TrainConfig().to_dict()}
-
-
-def baseline_config(fixed: dict) -> dict:
-    """The baseline: the seed's configuration with the study's fixed fields. The one definition.
-
-    A trial is the baseline exactly when its resolved config equals this; the search
-    starts from it (its searched fields are trial 1's point) and the baseline command
-    trains it.
-    """
-    return {**seed_config(), **fixed}
-
-
-def is_baseline(config: dict, fixed: dict) -> bool:
-    """Whether a trial's config (defaults filled in) is the study's baseline; XLA and precision aside."""
-    return not changed_fields(config, fixed)
-
-
-def changed_fields(config: dict, fixed: dict) -> dict:
-    """The fields where a trial's config differs from the study's baseline, execution settings aside."""
-    baseline = baseline_config(fixed)
-    return {
-        key: value
-        for key, value in {**seed_config(), **config}.items()
-        if key not in EXECUTION_FIELDS and baseline.get(key) != value
-    }
 
 
 def baseline_point(space: dict[str, Parameter], fixed: dict) -> dict:

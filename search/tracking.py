@@ -1,4 +1,7 @@
-"""The MLflow run lifecycle of a study, in one place: experiment, parent run, trial runs, registry.
+"""The MLflow run lifecycle of a study, in one place: experiment, parent run, trial runs, models, registry.
+
+The only module that opens, reopens, finishes and registers MLflow runs and models;
+each run's status is set here, and a run is never reopened to log a model into it.
 
 Ray's own MLflow callback keeps its trial-to-run map in memory only, so a resumed
 driver would open duplicate runs. Here each run carries a key of the study's name
@@ -17,7 +20,7 @@ import hashlib
 import io
 import json
 import math
-import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -31,6 +34,8 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from search import plots, serving
+from search.results import EnsembleResult, Registration, StudyResult
+from search.runtime import error_summary, trial_config, trial_number
 from search.trainable import BEST_MODEL_FILE, BEST_PREDICTIONS_FILE, STATE_FILE
 
 EPOCH_METRICS = (
@@ -49,27 +54,8 @@ STUDY_TAG = "study"
 STUDY_KEY_TAG = "study_key"
 PARENT_TAG = "study_parent"
 ENSEMBLE_MODEL_NAME = "ensemble"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow's experiment kind: the UI opens such experiments on their training runs.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """MLflow's convention: the flag, else MLFLOW_TRACKING_URI, else ./mlflow.db.
-
-    A relative SQLite store is made absolute, so Ray workers in other directories hit the same file.
-    """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    return uri
-
-
-def ui_command(tracking_uri: str, mlflow_executable: str = "mlflow") -> str:
-    """The exact command a user runs to browse this store."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri} in a browser"
-    return f"{mlflow_executable} ui --backend-store-uri {tracking_uri}"
 
 
 def study_key(name: str) -> str:
@@ -89,14 +75,6 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def trial_number(trial, searched: bool) -> int:
-    """A trial's 1-based creation order; the baseline is 1.
-
-    Ray numbers a search algorithm's trials from 1 and a plain one-trial study's from 0.
-    """
-    return int(trial.experiment_tag.split("_", 1)[0]) + (0 if searched else 1)
 
 
 def dataset_entity(manifest: dict, data_dir: str) -> Dataset:
@@ -194,89 +172,109 @@ class StudyRuns:
         self.log_json(run_id, "study/search_space.json", space_spec)
         return run_id
 
-    def finish_parent(self, run_id: str, summary: dict, best: dict | None, figures: dict, register_as: str | None):
-        """The study's results on its parent run and the best trial's model registered.
-
-        Ends FINISHED with a best trial, FAILED (with the reason) without one.
-        """
-        client = self.client
-        with tempfile.TemporaryDirectory() as scratch:
-            path = Path(scratch) / "trials.csv"
-            pd.DataFrame(summary["table"]).to_csv(path, index=False)
-            client.log_artifact(run_id, path, "study")
-        for name, figure_path in figures.items():
-            client.log_artifact(run_id, figure_path, "plots")
-        compute = summary["compute"]
-        self.log_metrics(
-            run_id,
-            {key: value for key, value in compute.items() if key != "rungs" and math.isfinite(value)}
-            | {f"asha_rung_{epoch}_trials": trials for epoch, trials in compute.get("rungs", {}).items()},
-        )
-        baseline = next((t for t in summary["trials"] if t["baseline"]), None)
-        if baseline is not None and math.isfinite(baseline["best_eval_pearson"]):
-            client.log_metric(run_id, "baseline_eval_pearson", baseline["best_eval_pearson"])
-        if "reference" in summary:
-            reference = summary["reference"]
-            self.log_metrics(
-                run_id,
-                {"kmer_reference_pearson": reference["estimate"], "kmer_reference_pearson_low": reference["low"],
-                 "kmer_reference_pearson_high": reference["high"]},
-            )
-        if best is not None:
-            self.log_json(run_id, "study/best_config.json", best["config"])
-            client.log_metric(run_id, "best_eval_pearson", best["best_eval_pearson"])
-            figures_of_best = {}
-            for name, prefix in (("interval", "best_eval_pearson"), ("vs_baseline", "best_vs_baseline"),
-                                 ("vs_kmer", "best_vs_kmer_reference")):
-                if name in best:
-                    figures_of_best.update({f"{prefix}_low": best[name]["low"], f"{prefix}_high": best[name]["high"]})
-                    if name != "interval":
-                        figures_of_best[prefix] = best[name]["estimate"]
-            self.log_metrics(run_id, figures_of_best)
-            client.set_tag(run_id, "best_run_id", best["run_id"])
-            client.set_tag(run_id, "best_config", json.dumps(best["searched"], sort_keys=True))
-            if register_as:
-                summary["registered"] = self.register(best["run_id"], register_as)
-            client.set_terminated(run_id, status="FINISHED")
-        else:
-            self.fail_parent(run_id, "no trial finished with a finite eval Pearson and a logged model")
-
-    def log_ensemble(self, run_id: str, keras_paths: list[Path], ensemble: dict, register_as: str | None):
-        """The ensemble's model and scores on the parent run; registered as `register_as` (returns its URI)."""
-        import mlflow
-
-        self.use_fluent_api()
-        info = serving.log_sequence_model(run_id, keras_paths, name=ENSEMBLE_MODEL_NAME)
-        self.log_metrics(
-            run_id,
-            {
-                "ensemble_eval_pearson": ensemble["interval"]["estimate"],
-                "ensemble_eval_pearson_low": ensemble["interval"]["low"],
-                "ensemble_eval_pearson_high": ensemble["interval"]["high"],
-                "ensemble_vs_best": ensemble["vs_best"]["estimate"],
-                "ensemble_vs_best_low": ensemble["vs_best"]["low"],
-                "ensemble_vs_best_high": ensemble["vs_best"]["high"],
-            },
-        )
-        self.client.set_tag(run_id, "ensemble_members", ",".join(ensemble["members"]))
-        if not register_as:
-            return None
-        with contextlib.redirect_stderr(io.StringIO()):
-            version = mlflow.register_model(info.model_uri, register_as)
-        return f"models:/{register_as}/{version.version}"
-
     def fail_parent(self, run_id: str, reason: str, status: str = "FAILED") -> None:
         self.client.set_tag(run_id, "stop_reason", reason)
         self.client.set_terminated(run_id, status=status)
 
-    def register(self, run_id: str, name: str) -> str:
-        """Register a run's sequence-serving model; returns `models:/NAME/VERSION`."""
+    def trial_run(self, trial_id: str | None) -> tuple[str | None, bool]:
+        """(run id, whether its model was logged) of a trial's run, (None, False) when it has none."""
+        run = self.find_run(**{TRIAL_ID_TAG: trial_id}) if trial_id else None
+        return (run.info.run_id, run.data.tags.get("model_logged") == "true") if run else (None, False)
+
+    def log_trial_figures(self, result: StudyResult) -> None:
+        """Each trial run's interval and paired differences to the baseline and the k-mer reference."""
+        for trial in result.trials:
+            if trial.run_id is None or trial.interval is None:
+                continue
+            metrics = trial.interval.metrics("best_eval_pearson", estimate=False)
+            metrics |= trial.vs_kmer.metrics("vs_kmer_reference") | {"kmer_reference_pearson": result.reference.estimate}
+            if trial.vs_baseline is not None:
+                metrics |= trial.vs_baseline.metrics("vs_baseline")
+            self.log_metrics(trial.run_id, metrics)
+
+    def finish_parent(self, run_id: str, result: StudyResult, space: dict, register_as: str | None) -> Registration:
+        """The study's results, plots, best model and ensemble on its parent run, which ends once.
+
+        FINISHED with a best trial, FAILED (with the reason) without one; the registered
+        models come back as a `Registration`.
+        """
+        client = self.client
+        best, registration = result.best, Registration()
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "trials.csv"
+            pd.DataFrame(result.table_rows()).to_csv(path, index=False)
+            client.log_artifact(run_id, path, "study")
+            finished = [trial for trial in result.trials if trial.rankable]
+            for figure in (plots.optuna_figures(finished, space, Path(scratch)) if finished else {}).values():
+                client.log_artifact(run_id, figure, "plots")
+        metrics = result.compute.metrics()
+        if result.baseline is not None and math.isfinite(result.baseline.best_eval_pearson):
+            metrics["baseline_eval_pearson"] = result.baseline.best_eval_pearson
+        if result.reference is not None:
+            metrics |= result.reference.metrics("kmer_reference_pearson")
+        if best is not None:
+            metrics |= {"best_eval_pearson": best.best_eval_pearson}
+            for interval, name, estimate in ((best.interval, "best_eval_pearson", False),
+                                             (best.vs_baseline, "best_vs_baseline", True),
+                                             (best.vs_kmer, "best_vs_kmer_reference", True)):
+                if interval is not None:
+                    metrics |= interval.metrics(name, estimate)
+        self.log_metrics(run_id, metrics)
+        if best is None:
+            self.fail_parent(run_id, "no trial finished with a finite eval Pearson and a logged model")
+            return registration
+        self.log_json(run_id, "study/best_config.json", best.config)
+        client.set_tag(run_id, "best_run_id", best.run_id)
+        client.set_tag(run_id, "best_config", json.dumps(best.searched, sort_keys=True))
+        if register_as:
+            [model] = [m for m in self.logged_models(best.run_id) if m.name == serving.LOGGED_MODEL_NAME]
+            registration = Registration(best=self.register(model.model_id, register_as))
+        if result.ensemble is not None:
+            ensemble_uri = self.log_ensemble(run_id, result.ensemble, f"{register_as}-ensemble" if register_as else None)
+            registration = Registration(best=registration.best, ensemble=ensemble_uri)
+        client.set_terminated(run_id, status="FINISHED")
+        return registration
+
+    def log_ensemble(self, run_id: str, ensemble: EnsembleResult, register_as: str | None) -> str | None:
+        """The ensemble's model (its members' best-epoch .keras files) and scores on the parent run; registered
+        as `register_as` when given (returns its URI)."""
+        with tempfile.TemporaryDirectory() as scratch:
+            paths = []
+            for number, member in enumerate(ensemble.members, start=1):
+                with member.checkpoint.as_directory() as directory:
+                    paths.append(Path(scratch) / f"member_{number}.keras")
+                    shutil.copyfile(Path(directory) / BEST_MODEL_FILE, paths[-1])
+            model_id = self.log_model(run_id, paths, ENSEMBLE_MODEL_NAME)
+        self.log_metrics(
+            run_id, ensemble.interval.metrics("ensemble_eval_pearson") | ensemble.vs_best.metrics("ensemble_vs_best")
+        )
+        self.client.set_tag(run_id, "ensemble_members", ",".join(ensemble.member_ids))
+        return self.register(model_id, register_as) if register_as else None
+
+    def log_model(self, run_id: str, keras_paths: list[Path], name: str = serving.LOGGED_MODEL_NAME) -> str:
+        """Log .keras model(s) to a run as one sequence-serving model, without reopening the run; its model id.
+
+        The logged model is created here, in the study's experiment and with the run's
+        params, so MLflow's model logging needs no active run.
+        """
+        from mlflow.tracking.context import registry as context_registry
+
+        client = self.client
+        params = client.get_run(run_id).data.params
+        model = client.create_logged_model(
+            self.experiment_id, name=name, source_run_id=run_id, params=params, tags=context_registry.resolve_tags()
+        )
+        self.use_fluent_api()
+        serving.log_sequence_model(run_id, keras_paths, name=name, model_id=model.model_id)
+        return model.model_id
+
+    def register(self, model_id: str, name: str) -> str:
+        """Register a logged model under `name`; returns `models:/NAME/VERSION`."""
         import mlflow
 
         self.use_fluent_api()
-        [model] = [m for m in self.logged_models(run_id) if m.name == serving.LOGGED_MODEL_NAME]
         with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints what the caller reports itself
-            version = mlflow.register_model(model.model_uri, name)
+            version = mlflow.register_model(f"models:/{model_id}", name)
         return f"models:/{name}/{version.version}"
 
     def logged_models(self, run_id: str) -> list:
@@ -358,8 +356,7 @@ class StudyRuns:
                 )
                 client.log_artifact(run_id, scratch / "observed_vs_predicted.png", "plots")
         if (checkpoint_dir / BEST_MODEL_FILE).exists():
-            self.use_fluent_api()
-            serving.log_sequence_model(run_id, [checkpoint_dir / BEST_MODEL_FILE])
+            self.log_model(run_id, [checkpoint_dir / BEST_MODEL_FILE])
             client.set_tag(run_id, "model_logged", "true")
         return state["history"]
 
@@ -393,10 +390,6 @@ class MlflowTrialLogger(tune.Callback):
         self.run_ids: dict[str, str] = {}
         self.logged_steps: dict[str, set[int]] = {}
         self.start_times: dict[str, float] = {}
-
-    def __setstate__(self, state):
-        # Restored with the tuner on --resume; a study started by an earlier version has no start times.
-        self.__dict__.update({"start_times": {}, **state})
 
     def run_id(self, trial) -> str:
         """Find the trial's run (a resumed driver) or create it (a new trial).
@@ -453,99 +446,3 @@ class MlflowTrialLogger(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.runs.finish_run(self.run_id(trial), "FAILED", f"error: {error_summary(trial)}")
-
-
-def trial_config(trial) -> dict:
-    return {k: v for k, v in (trial.config or {}).items() if k != "data_dir"}
-
-
-def error_summary(trial) -> str:
-    """The last line of a failed trial's error (the exception itself), and where the full trace is."""
-    text = ""
-    if trial.error_file and Path(trial.error_file).exists():
-        lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
-        text = lines[-1].strip() if lines else ""
-    return f"{text or 'see the Ray logs'} (trace: {trial.error_file})"
-
-
-# Stores that MLflow reaches over a network or a database server: it never creates them as a side effect.
-REMOTE_STORE_SCHEMES = ("http", "https", "databricks", "postgresql", "mysql", "mssql")
-
-
-def existing_tracking_store(uri: str | None) -> str:
-    """The resolved tracking URI of a store that already exists, for commands that only read it.
-
-    MLflow creates a missing SQLite file or store directory on first use, so a
-    mistyped path would silently give an empty store; refuse it instead, naming
-    where the URI came from.
-    """
-    import sqlite3
-    from urllib.parse import urlparse
-
-    source = "--tracking-uri" if uri else "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else None
-    resolved = resolve_tracking_uri(uri)
-    given = f"{source} {uri or os.environ['MLFLOW_TRACKING_URI']}" if source else f"the default store {resolved}"
-    hint = "give --tracking-uri (or MLFLOW_TRACKING_URI) of the store your study logged to"
-    scheme = urlparse(resolved).scheme.split("+")[0]
-    if scheme == "sqlite":
-        if not resolved.startswith("sqlite:///"):
-            raise ValueError(f"{given}: a SQLite store is sqlite:///RELATIVE/PATH or sqlite:////ABSOLUTE/PATH")
-        path = Path(resolved[len("sqlite:///") :])
-        if not path.is_file():
-            raise ValueError(f"{given}: no MLflow store, {path} does not exist; {hint}")
-        try:
-            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
-                tables = {row[0] for row in connection.execute("select name from sqlite_master where type='table'")}
-        except sqlite3.DatabaseError as error:
-            raise ValueError(f"{given}: {path} is not an SQLite database ({error})") from None
-        if "experiments" not in tables:
-            raise ValueError(f"{given}: {path} is an SQLite database without MLflow's tables; {hint}")
-    elif scheme in ("", "file"):
-        path = Path(urlparse(resolved).path if scheme else resolved)
-        if not path.is_dir():
-            raise ValueError(f"{given}: no MLflow store, {path} is not a directory; {hint}")
-    elif scheme not in REMOTE_STORE_SCHEMES:
-        raise ValueError(
-            f"{given}: unknown scheme {scheme!r}; MLflow stores are sqlite:///PATH, http(s)://HOST:PORT, "
-            "a directory (file:///PATH), databricks, or postgresql/mysql/mssql://..."
-        )
-    return resolved
-
-
-def check_tracking_server(uri: str | None) -> None:
-    """Refuse an MLflow server that cannot be reached or refuses the login, in one line and seconds.
-
-    Without this, MLflow's client retries for minutes and fails with a traceback only when
-    the first trial starts. Credentials come from where MLflow reads them:
-    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials).
-    """
-    if not uri or not uri.startswith(("http://", "https://")):
-        return
-    import re
-
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
-
-    creds = get_default_host_creds(uri)
-    try:
-        response = http_request(
-            creds, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0, timeout=10,
-            params={"max_results": 1}, raise_on_status=False,
-        )
-    except MlflowException as error:
-        cause = re.search(r"\[Errno -?\d+\] [^\"')]+", str(error))
-        reason = cause.group(0) if cause else str(error).splitlines()[0][:200]
-        message = f"cannot reach the MLflow server at {uri} ({reason}); start it or fix --tracking-uri"
-        raise ValueError(message) from None
-    if response.status_code == 401:
-        problem = (
-            f"refused the login of user {creds.username!r}" if creds.username
-            else "needs a login, and MLFLOW_TRACKING_USERNAME is not set"
-        )
-        raise ValueError(
-            f"the MLflow server at {uri} {problem} (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
-            "MLFLOW_TRACKING_PASSWORD to an account on that server"
-        )
-    if response.status_code != 200:
-        raise ValueError(f"the MLflow server at {uri} answered HTTP {response.status_code} to a search of experiments")

@@ -25,9 +25,10 @@ RNG_FILE = "rng_state.npz"
 BEST_MODEL_FILE = "best_model.keras"
 BEST_PREDICTIONS_FILE = "best_eval_predictions.npz"
 SEARCH_METRIC = "eval_pearson"
-# What Ray Tune's scheduler and Optuna rank on: eval Pearson where it is a number, and
-# below any correlation where it is not (constant or non-finite predictions), so such
-# trials rank last. MLflow gets the metric itself, NaN included.
+# What Ray Tune's scheduler and Optuna rank on: the trial's best eval Pearson so far, the
+# number the study ranks trials by and keeps the model of; below any correlation while it
+# has none (constant or non-finite predictions, divergence), so such trials rank last.
+# MLflow gets each epoch's metric itself, NaN included.
 TUNE_METRIC = "search_score"
 
 
@@ -94,7 +95,7 @@ class TrialState:
 def train_trial(config: dict) -> None:
     """Train one configuration, reporting and checkpointing every epoch.
 
-    Trials reuse their Ray actors (see `search.study`), so only a process's first trial
+    Trials reuse their Ray actors (see `search.study.tune_config`), so only a process's first trial
     pays the imports; each trial starts from a cleared Keras session. The start-up
     (imports, data, model build) is reported so users see what a trial costs before it learns.
     """
@@ -211,7 +212,7 @@ def train_trial(config: dict) -> None:
             (directory / STATE_FILE).write_text(state.to_json())
             for name, content in best_files.items():
                 (directory / name).write_bytes(content)
-            score = metrics[SEARCH_METRIC] if math.isfinite(metrics[SEARCH_METRIC]) else -1.0
+            score = state.best_eval_pearson if math.isfinite(state.best_eval_pearson) else -1.0
             tune.report(
                 dict(
                     metrics,

@@ -428,7 +428,7 @@ def test_ray_job_submit_runs_the_same_search_detached(head, foreground, tmp_path
 
 
 def test_an_unreachable_mlflow_server_is_one_line_and_a_local_store_is_not_checked(tmp_path):
-    from search.tracking import check_tracking_server
+    from search.tracking_store import check_tracking_server
 
     closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ValueError) as refused:

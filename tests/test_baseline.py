@@ -17,6 +17,8 @@ from data_prep import PreparedData, prepare
 
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parents[1]
+
 # A small but real configuration from the search ranges, so CPU tests take seconds per epoch.
 # XLA compilation costs more than it saves on these tiny CPU runs.
 TINY = {"channels": 48, "stem_width": 5, "tower_width": 4, "transformer_layers": 1, "batch_size": 64, "jit_compile": False}
@@ -27,8 +29,9 @@ def tiny_data(make_synthetic_data) -> Path:
     return make_synthetic_data(1_200, seed=3, eval_size=300)
 
 
-def run_baseline(tmp_path: Path, data: Path, name: str, fixed: dict, **kwargs) -> dict:
-    from search.study import StudyConfig, run_study
+def run_baseline(tmp_path: Path, data: Path, name: str, fixed: dict, **kwargs):
+    from search.settings import StudyConfig
+    from search.study import run_study
 
     return run_study(
         StudyConfig(
@@ -51,16 +54,27 @@ def study_runs(tmp_path: Path, study: str):
     return client, client.search_runs([experiment.experiment_id], filter_string=f"tags.study = '{study}'")
 
 
+def head_commit() -> str:
+    """The checkout's commit as git itself says, or 'unknown' outside a git checkout or without git."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return found.stdout.strip() if found.returncode == 0 else "unknown"
+
+
 def test_baseline_trial_logs_epochs_artifacts_and_a_loadable_model(tmp_path, tiny_data):
-    summary = run_baseline(tmp_path, tiny_data, "base", dict(TINY, epochs=2, learning_rate=0.01))
-    [trial] = summary["trials"]
-    assert trial["status"] == "done" and trial["epochs_trained"] == 2 and trial["baseline"]
+    commit_before = head_commit()
+    result = run_baseline(tmp_path, tiny_data, "base", dict(TINY, epochs=2, learning_rate=0.01))
+    [trial] = result.trials
+    assert trial.status == "done" and trial.epochs_trained == 2 and trial.baseline
 
     client, runs = study_runs(tmp_path, "base")
     [run] = runs
     assert run.info.status == "FINISHED"
     assert run.data.tags["baseline"] == "true"
-    assert len(run.data.tags["git_commit"]) in (40, len("unknown"))
+    # Either side of the run, in case a commit landed while it trained.
+    assert run.data.tags["git_commit"] in {commit_before, head_commit()}
     assert run.data.tags["data_sha256"] == json.loads((tiny_data / "manifest.json").read_text())["source_sha256"]
     assert run.data.params["channels"] == "48" and run.data.params["learning_rate"] == "0.01"
     for metric in ("train_loss", "eval_pearson", "eval_spearman", "eval_mse", "eval_poisson", "samples_per_second"):
@@ -103,10 +117,10 @@ def test_baseline_trial_logs_epochs_artifacts_and_a_loadable_model(tmp_path, tin
 
 
 def test_diverging_trial_stops_with_a_reason(tmp_path, tiny_data):
-    summary = run_baseline(tmp_path, tiny_data, "diverge", dict(TINY, epochs=3, learning_rate=1e6))
-    [trial] = summary["trials"]
-    assert trial["status"] == "diverged"
-    assert trial["epochs_trained"] == 1
+    result = run_baseline(tmp_path, tiny_data, "diverge", dict(TINY, epochs=3, learning_rate=1e6))
+    [trial] = result.trials
+    assert trial.status == "diverged"
+    assert trial.epochs_trained == 1
     _, [run] = study_runs(tmp_path, "diverge")
     assert run.info.status == "FAILED"
     assert run.data.tags["stop_reason"].startswith("diverged: train loss")
@@ -138,8 +152,8 @@ def test_interrupted_baseline_resumes_from_its_checkpoint_without_repeating_epoc
 @pytest.mark.skipif(not DEMO.exists(), reason=f"real DREAM demo sample not present at {DEMO}")
 def test_real_demo_sample_trains_one_epoch(tmp_path):
     prepare(DEMO, tmp_path / "demo", eval_size=1_000, split_seed=0)
-    summary = run_baseline(tmp_path, tmp_path / "demo", "demo", dict(TINY, epochs=1, batch_size=128))
-    [trial] = summary["trials"]
-    assert trial["status"] == "done" and trial["epochs_trained"] == 1
+    result = run_baseline(tmp_path, tmp_path / "demo", "demo", dict(TINY, epochs=1, batch_size=128))
+    [trial] = result.trials
+    assert trial.status == "done" and trial.epochs_trained == 1
     _, [run] = study_runs(tmp_path, "demo")
     assert np.isfinite(run.data.metrics["eval_pearson"]) and np.isfinite(run.data.metrics["train_loss"])

@@ -45,11 +45,24 @@ def child_runs(tracking_uri: str, study: str):
 
 
 @pytest.mark.slow
-def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path, search_data):
-    from search.study import StudyConfig, run_study
+def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path, search_data, monkeypatch):
+    from mlflow.entities import RunStatus
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
+    from search.settings import StudyConfig
+    from search.study import run_study
+
+    # Every status a run is set to, in order: the parent must end once and never run again.
+    statuses = []
+    update_run_info = SqlAlchemyStore.update_run_info
+
+    def record(store, run_id, run_status, *args, **kwargs):
+        statuses.append((run_id, RunStatus.to_string(run_status) if isinstance(run_status, int) else run_status))
+        return update_run_info(store, run_id, run_status, *args, **kwargs)
+
+    monkeypatch.setattr(SqlAlchemyStore, "update_run_info", record)
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
-    summary = run_study(
+    result = run_study(
         StudyConfig(
             name="six",
             data_dir=search_data,
@@ -69,10 +82,10 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
         ),
         progress=lambda message: None,
     )
-    trials = summary["trials"]
-    assert len(trials) == 6 and all(t["status"] == "done" for t in trials), [(t["status"], t["searched"]) for t in trials]
-    assert min(t["epochs_trained"] for t in trials) < 4, "ASHA stopped no trial early"
-    assert next(t for t in trials if t["baseline"])["epochs_trained"] == 4, "the baseline must train to the end"
+    trials = result.trials
+    assert len(trials) == 6 and all(t.status == "done" for t in trials), [(t.status, t.searched) for t in trials]
+    assert min(t.epochs_trained for t in trials) < 4, "ASHA stopped no trial early"
+    assert result.baseline.epochs_trained == 4, "the baseline must train to the end"
 
     client, [parent], children = child_runs(tracking_uri, "six")
     assert len(children) == 6
@@ -96,44 +109,58 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
     )
     assert imports[3] < 1.0 < imports[-1], f"trials did not reuse actors: import seconds {imports}"
     # What ASHA saved, on the parent: epochs against running all six to the end, trials per rung (1, 2, 4).
-    compute = summary["compute"]
-    assert compute["epochs_trained"] == sum(t["epochs_trained"] for t in trials) < 6 * 4
-    assert compute["epochs_without_early_stopping"] == 24
-    assert compute["rungs"] == {e: sum(t["epochs_trained"] >= e for t in trials) for e in (1, 2, 4)}
-    assert compute["rungs"][1] == 6
-    assert parent.data.metrics["compute_saved_fraction"] == pytest.approx(1 - compute["epochs_trained"] / 24)
-    assert parent.data.metrics["asha_rung_4_trials"] == compute["rungs"][4]
+    compute = result.compute
+    assert compute.epochs_trained == sum(t.epochs_trained for t in trials) < 6 * 4
+    assert compute.epochs_without_early_stopping == 24
+    assert compute.rungs == {e: sum(t.epochs_trained >= e for t in trials) for e in (1, 2, 4)}
+    assert compute.rungs[1] == 6
+    assert parent.data.metrics["compute_saved_fraction"] == pytest.approx(1 - compute.epochs_trained / 24)
+    assert parent.data.metrics["asha_rung_4_trials"] == compute.rungs[4]
 
+    # Optuna, ASHA and the table rank by one number: each trial's best eval Pearson so far.
+    for trial in trials:
+        history = [m.value for m in client.get_metric_history(trial.run_id, "eval_pearson")]
+        assert trial.best_eval_pearson == pytest.approx(max(history))
     best = trials[0]
-    assert best["best_eval_pearson"] == max(t["best_eval_pearson"] for t in trials)
+    assert best is result.best and best.best_eval_pearson == max(t.best_eval_pearson for t in trials)
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["best_eval_pearson"] == pytest.approx(best["best_eval_pearson"])
-    assert parent.data.tags["best_run_id"] == best["run_id"]
+    parent_statuses = [status for run_id, status in statuses if run_id == parent.info.run_id]
+    assert parent_statuses[-1] == "FINISHED" and parent_statuses.count("FINISHED") == 1, parent_statuses
+    assert parent.data.metrics["best_eval_pearson"] == pytest.approx(best.best_eval_pearson)
+    assert parent.data.tags["best_run_id"] == best.run_id
     artifacts = {a.path for folder in ("study", "plots") for a in client.list_artifacts(parent.info.run_id, folder)}
     assert {"study/trials.csv", "study/best_config.json", "study/search_space.json"} <= artifacts
     assert {"plots/optimization_history.png", "plots/param_importances.png", "plots/parallel_coordinate.png"} <= artifacts
 
     # Uncertainty and references: intervals on every finished trial, the k-mer reference, the ensemble.
-    assert all("interval" in t and t["interval"]["low"] <= t["best_eval_pearson"] <= t["interval"]["high"] for t in trials)
-    baseline = next(t for t in trials if t["baseline"])
-    assert baseline["vs_baseline"] == {"estimate": 0.0, "low": 0.0, "high": 0.0}
-    assert parent.data.metrics["kmer_reference_pearson"] == pytest.approx(summary["reference"]["estimate"])
+    assert all(t.interval.low <= t.best_eval_pearson <= t.interval.high for t in trials)
+    assert result.baseline.vs_baseline.estimate == result.baseline.vs_baseline.low == 0.0
+    assert parent.data.metrics["kmer_reference_pearson"] == pytest.approx(result.reference.estimate)
     baseline_run = next(c for c in children if c.data.tags["baseline"] == "true")
-    assert baseline_run.data.metrics["kmer_reference_pearson"] == pytest.approx(summary["reference"]["estimate"])
-    ensemble = summary["ensemble"]
-    assert len(ensemble["members"]) == 3 and ensemble["members"][0] == best["trial_id"]
-    assert parent.data.metrics["ensemble_eval_pearson"] == pytest.approx(ensemble["interval"]["estimate"])
-    assert ensemble["registered"] == "models:/tests-best-ensemble/1"
+    assert baseline_run.data.metrics["kmer_reference_pearson"] == pytest.approx(result.reference.estimate)
+    assert baseline_run.data.metrics["vs_kmer_reference_low"] == pytest.approx(result.baseline.vs_kmer.low)
+    ensemble = result.ensemble
+    assert ensemble.member_ids == [t.trial_id for t in trials[:3]]
+    assert parent.data.metrics["ensemble_eval_pearson"] == pytest.approx(ensemble.interval.estimate)
+    assert result.registered.ensemble == "models:/tests-best-ensemble/1"
+    assert parent.data.tags["ensemble_members"] == ",".join(ensemble.member_ids)
 
     version = client.get_latest_versions("tests-best")[0]
-    assert summary["registered"] == f"models:/tests-best/{version.version}"
+    assert result.registered.best == f"models:/tests-best/{version.version}"
     import mlflow
     import numpy as np
     import pandas as pd
 
     mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(summary["registered"])
-    assert np.asarray(model.predict(pd.DataFrame({"sequence": ["ACGT" * 28] * 3}))).shape == (3,)
+    # The registered model is the best trial's: it predicts what that trial's best epoch predicted.
+    model = mlflow.pyfunc.load_model(result.registered.best)
+    from data_prep import PreparedData
+    from data_prep.encoding import decode
+
+    data = PreparedData.load(search_data)
+    sequences = [decode(codes) for codes in data.codes[data.eval_index[:20]]]
+    served = np.asarray(model.predict(pd.DataFrame({"sequence": sequences}))).reshape(-1)
+    np.testing.assert_allclose(served, best.predicted[:20], rtol=1e-4, atol=1e-5)
 
 
 def test_bad_space_files_are_rejected_with_what_to_change(tmp_path):
@@ -181,22 +208,25 @@ def test_bad_space_files_are_rejected_with_what_to_change(tmp_path):
 def test_asha_rungs_are_the_epochs_ray_compares_trials_at(max_epochs, grace, factor):
     from ray.tune.schedulers import ASHAScheduler
 
-    from search.study import StudyConfig, asha_rungs
+    from search.results import asha_rungs
 
-    config = StudyConfig(name="r", data_dir=Path("."), fixed={"epochs": max_epochs}, scheduler="asha",
-                         grace_period=grace, reduction_factor=factor)
     scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace, reduction_factor=factor)
     ray_rungs = sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs)
-    assert asha_rungs(config) == sorted(set(ray_rungs) | {max_epochs})
+    assert asha_rungs(max_epochs, grace, factor) == sorted(set(ray_rungs) | {max_epochs})
 
 
-def test_default_space_is_around_the_baseline():
-    space = load_space(None)
-    assert space["channels"].values_to_check() == [96, 144, 192, 240, 288, 336, 384]
-    assert (space["stem_width"].low, space["stem_width"].high) == (3, 15)
-    assert (space["tower_width"].low, space["tower_width"].high) == (2, 8)
-    assert (space["transformer_layers"].low, space["transformer_layers"].high) == (1, 8)
-    assert space["learning_rate"].log and (space["learning_rate"].low, space["learning_rate"].high) == (1e-3, 1e-1)
+@pytest.mark.parametrize("name", ["default", "extended"])
+def test_built_in_spaces_start_at_the_seed_and_can_move_both_ways_from_it(name):
+    """The seed's five dimensions lie strictly inside their ranges; the extended recipe's may start at an end (0)."""
+    from search.baseline import seed_config
+    from search.space import baseline_point
+
+    space = load_space(name)
+    seed = seed_config()
+    assert baseline_point(space, {}) == {field: seed[field] for field in space}
+    for parameter in space.values():
+        if parameter.type != "categorical" and parameter.name in load_space("default"):
+            assert parameter.low < seed[parameter.name] < parameter.high, parameter
 
 
 @pytest.mark.slow
@@ -248,7 +278,7 @@ def test_asha_stops_a_poor_trial_early_but_never_the_baseline():
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
     from search.scheduler import BaselineKeepingASHA
-    from search.space import baseline_config
+    from search.baseline import baseline_config
 
     fixed = {"epochs": 4, "seed": 0}
     asha = dict(time_attr="epoch", metric="search_score", mode="max", max_t=4, grace_period=1, reduction_factor=2)

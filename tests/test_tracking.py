@@ -113,7 +113,8 @@ def test_seed_baseline_run_is_complete_honest_and_quiet(tmp_path, tiny_data):
 
 @pytest.mark.slow
 def test_set_and_config_runs_are_named_for_what_they_are(tmp_path, tiny_data):
-    from search.study import StudyConfig, run_study
+    from search.settings import StudyConfig
+    from search.study import run_study
 
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     common = dict(
@@ -122,14 +123,14 @@ def test_set_and_config_runs_are_named_for_what_they_are(tmp_path, tiny_data):
     )
     overrides = {k: v for k, v in TINY.items() if k != "batch_size"}
     variant = run_study(StudyConfig(name="variant", overrides=overrides, **common), progress=lambda m: None)
-    assert not variant["trials"][0]["baseline"]
+    assert not variant.trials[0].baseline
     config_file = tmp_path / "best_config.json"
     config_file.write_text(json.dumps(dict(overrides, learning_rate=0.02)))
     retrain = run_study(
         StudyConfig(name="retrain", overrides=json.loads(config_file.read_text()), derived_from=str(config_file), **common),
         progress=lambda m: None,
     )
-    assert not retrain["trials"][0]["baseline"]
+    assert not retrain.trials[0].baseline
 
     _, _, [set_run] = runs_of(tracking_uri, "variant")
     assert set_run.data.tags["baseline"] == "false" and set_run.data.tags["run_kind"] == "variant"
@@ -143,7 +144,7 @@ def test_set_and_config_runs_are_named_for_what_they_are(tmp_path, tiny_data):
 
     import ray
 
-    from search.study import LOCAL_NODE_IP
+    from search.runtime import LOCAL_NODE_IP
 
     assert [node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]] == [LOCAL_NODE_IP]
     assert os.environ["RAY_AUTH_MODE"] == "token"
@@ -155,7 +156,7 @@ def test_set_and_config_runs_are_named_for_what_they_are(tmp_path, tiny_data):
         (["--set", "chanels=96"], "argument --set: 'chanels' is not a config field; allowed: attention_dropout"),
         (["--set", "transformer_dropout=1.5"], "--set/--config transformer_dropout=1.5: ModelConfig.transformer_dropout must be in [0, 1)"),
         (["--set", "learning_rate=0.02"], "--set learning_rate: 'learning_rate' is searched by this study's space"),
-        (["--max-epochs", "0"], "--max-epochs/--epochs 0: must be >= 1"),
+        (["--max-epochs", "0"], "--max-epochs 0: must be >= 1"),
         (["--max-concurrent", "0"], "--max-concurrent 0: must be >= 1"),
         (["--gpus-per-trial", "-1"], "--gpus-per-trial -1.0: must be >= 0"),
         (["--grace-period", "0"], "--grace-period 0: must be >= 1"),
@@ -184,15 +185,16 @@ def test_a_baseline_outside_the_space_and_a_non_dataset_are_refused_first(tmp_pa
 
 
 def _row(trial_id, pearson, status="done", logged=True, baseline=False):
-    return {
-        "trial_id": trial_id, "run_id": None, "model_logged": logged, "baseline": baseline,
-        "best_eval_pearson": pearson, "epochs_trained": 2, "device_hours": 0.0, "searched": {},
-        "status": status, "reason": "", "config": {},
-    }
+    from search.results import TrialResult
+
+    return TrialResult(
+        trial_id=trial_id, run_id=None, model_logged=logged, baseline=baseline, best_eval_pearson=pearson,
+        epochs_trained=2, device_hours=0.0, startup_seconds=1.0, searched={}, status=status, reason="", config={},
+    )
 
 
 def test_one_rule_decides_the_best_trial():
-    from search.study import best_trial, rank_trials
+    from search.results import best_trial, rank_trials
 
     rows = [
         _row("errored", 0.99, status="error"),
@@ -202,18 +204,19 @@ def test_one_rule_decides_the_best_trial():
         _row("baseline", 0.6, baseline=True),
         _row("diverged", math.nan, status="diverged"),
     ]
-    assert best_trial(rows)["trial_id"] == "good"
-    assert [r["trial_id"] for r in rank_trials(rows)][:2] == ["good", "baseline"]
+    assert best_trial(rows).trial_id == "good"
+    assert [r.trial_id for r in rank_trials(rows)][:2] == ["good", "baseline"]
     assert best_trial([_row("errored", 0.99, status="error")]) is None
 
 
 @pytest.mark.slow
 def test_a_study_whose_trials_all_fail_ends_with_a_failed_parent_and_no_registration(tmp_path, tiny_data):
+    from search.settings import StudyConfig
     from search.space import parse_space
-    from search.study import StudyConfig, run_study
+    from search.study import run_study
 
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
-    summary = run_study(
+    result = run_study(
         StudyConfig(
             name="doomed", data_dir=tiny_data, experiment="tests", tracking_uri=tracking_uri,
             storage_path=str(tmp_path / "ray_results"), gpus_per_trial=0, num_trials=2, max_concurrent=1,
@@ -222,8 +225,8 @@ def test_a_study_whose_trials_all_fail_ends_with_a_failed_parent_and_no_registra
         ),
         progress=lambda m: None,
     )
-    assert summary["best"] is None
-    assert {t["status"] for t in summary["trials"]} == {"diverged"}
+    assert result.best is None and result.ensemble is None and result.registered.best is None
+    assert {t.status for t in result.trials} == {"diverged"}
     client, _, runs = runs_of(tracking_uri, "doomed")
     [parent] = [r for r in runs if r.data.tags.get("study_parent") == "true"]
     assert parent.info.status == "FAILED"
@@ -233,7 +236,7 @@ def test_a_study_whose_trials_all_fail_ends_with_a_failed_parent_and_no_registra
 
 
 def test_tracking_uri_follows_mlflow_convention(monkeypatch, tmp_path):
-    from search.tracking import resolve_tracking_uri
+    from search.tracking_store import resolve_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -1,0 +1,259 @@
+"""What a study found, as typed records built once when its trials have finished.
+
+A `TrialResult` per trial and one `StudyResult`: ranking, bootstrap intervals, the
+compute spent, and the ensemble's members and scores. The terminal table, the
+best-config file, the parent MLflow run, the registry and the command line all read
+these; nothing here talks to MLflow or Ray's controller.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A figure with its bootstrap 95 % interval."""
+
+    estimate: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, figures: dict) -> "Interval":
+        return cls(float(figures["estimate"]), float(figures["low"]), float(figures["high"]))
+
+    def metrics(self, name: str, estimate: bool = True) -> dict[str, float]:
+        """MLflow metric names for it: NAME, NAME_low, NAME_high."""
+        bounds = {f"{name}_low": self.low, f"{name}_high": self.high}
+        return {name: self.estimate, **bounds} if estimate else bounds
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One trial's outcome; `predicted` (its best epoch's eval predictions) and `checkpoint` travel along unshown."""
+
+    trial_id: str | None
+    run_id: str | None
+    baseline: bool
+    status: str  # done, error, diverged, no signal
+    reason: str
+    best_eval_pearson: float
+    epochs_trained: int
+    device_hours: float
+    startup_seconds: float
+    model_logged: bool
+    config: dict
+    searched: dict
+    interval: Interval | None = None
+    vs_baseline: Interval | None = None
+    vs_kmer: Interval | None = None
+    predicted: np.ndarray | None = field(default=None, repr=False, compare=False)
+    checkpoint: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def rankable(self) -> bool:
+        """The best-trial rule: finished, with a finite eval Pearson and a logged model."""
+        return self.status == "done" and self.model_logged and math.isfinite(self.best_eval_pearson)
+
+    def table_row(self) -> dict:
+        """Its row of the study's trials.csv."""
+        figures = {
+            f"{name}_{key}": getattr(getattr(self, name), key)
+            for name in ("interval", "vs_baseline", "vs_kmer")
+            if getattr(self, name) is not None
+            for key in ("estimate", "low", "high")
+        }
+        return {
+            "trial_id": self.trial_id,
+            "run_id": self.run_id,
+            "baseline": self.baseline,
+            "best_eval_pearson": self.best_eval_pearson,
+            "epochs_trained": self.epochs_trained,
+            "device_hours": self.device_hours,
+            "status": self.status,
+            "reason": self.reason,
+            **figures,
+            **self.searched,
+        }
+
+
+@dataclass(frozen=True)
+class Compute:
+    """What the study spent, against every trial running all its epochs; trials reaching each ASHA rung."""
+
+    epochs_trained: int
+    epochs_without_early_stopping: int
+    device_hours: float
+    mean_trial_startup_seconds: float
+    rungs: dict[int, int] | None = None
+
+    @property
+    def saved_fraction(self) -> float:
+        full = self.epochs_without_early_stopping
+        return 1 - self.epochs_trained / full if full else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        figures = {
+            "epochs_trained": self.epochs_trained,
+            "epochs_without_early_stopping": self.epochs_without_early_stopping,
+            "compute_saved_fraction": self.saved_fraction,
+            "device_hours": self.device_hours,
+            "mean_trial_startup_seconds": self.mean_trial_startup_seconds,
+        }
+        figures = {key: value for key, value in figures.items() if math.isfinite(value)}
+        return figures | {f"asha_rung_{epoch}_trials": trials for epoch, trials in (self.rungs or {}).items()}
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """The top trials averaged into one model, scored on the same split against the single best."""
+
+    members: tuple[TrialResult, ...]
+    interval: Interval
+    vs_best: Interval
+
+    @property
+    def member_ids(self) -> list[str]:
+        return [member.trial_id for member in self.members]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Model Registry URIs (`models:/NAME/VERSION`) of what the study registered."""
+
+    best: str | None = None
+    ensemble: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """A study's trials, best first, with the figures that put them in context."""
+
+    trials: tuple[TrialResult, ...]
+    compute: Compute
+    experiment_path: str
+    data_dir: str
+    reference: Interval | None = None
+    ensemble: EnsembleResult | None = None
+    registered: Registration = Registration()
+
+    @property
+    def best(self) -> TrialResult | None:
+        """The one definition of the study's best trial, used by the table, the config file, MLflow and the registry."""
+        return best_trial(self.trials)
+
+    @property
+    def baseline(self) -> TrialResult | None:
+        return next((trial for trial in self.trials if trial.baseline), None)
+
+    def table_rows(self) -> list[dict]:
+        return [trial.table_row() for trial in self.trials]
+
+
+def trial_status(metrics: dict, errored: bool) -> str:
+    best = metrics.get("best_eval_pearson", math.nan)
+    if errored:
+        return "error"
+    if metrics.get("diverged"):
+        return "diverged"
+    if best is None or not math.isfinite(best):
+        return "no signal"
+    return "done"
+
+
+def rank_trials(trials) -> list:
+    """Rankable trials by best eval Pearson, then the rest (errors, divergence, no signal)."""
+    return sorted(trials, key=lambda t: (not t.rankable, -t.best_eval_pearson if t.rankable else 0))
+
+
+def best_trial(trials) -> TrialResult | None:
+    ranked = rank_trials(trials)
+    return ranked[0] if ranked and ranked[0].rankable else None
+
+
+def asha_rungs(max_epochs: int, grace_period: int, reduction_factor: int) -> list[int]:
+    """The epochs at which ASHA compares trials: grace period times powers of the reduction factor."""
+    rungs, epoch = [], grace_period
+    while epoch < max_epochs:
+        rungs.append(epoch)
+        epoch *= reduction_factor
+    return rungs + [max_epochs]
+
+
+def compute_spent(trials, max_epochs: int, rungs: list[int] | None) -> Compute:
+    startups = [t.startup_seconds for t in trials if math.isfinite(t.startup_seconds)]
+    return Compute(
+        epochs_trained=sum(t.epochs_trained for t in trials),
+        epochs_without_early_stopping=len(trials) * max_epochs,
+        device_hours=sum(t.device_hours for t in trials),
+        mean_trial_startup_seconds=sum(startups) / len(startups) if startups else math.nan,
+        rungs={rung: sum(t.epochs_trained >= rung for t in trials) for rung in rungs} if rungs else None,
+    )
+
+
+def with_intervals(trials, observed: np.ndarray, kmer_predicted: np.ndarray) -> tuple[TrialResult, ...]:
+    """Each scored trial with its eval Pearson's interval and its paired differences to the baseline and the k-mer
+    reference (the same resampled rows for all, fixed seed)."""
+    from dataclasses import replace
+
+    from model.metrics import paired_pearson_difference, pearson_interval
+
+    baseline = next((t for t in trials if t.baseline and t.predicted is not None), None)
+    scored = []
+    for trial in trials:
+        if trial.predicted is None or not math.isfinite(trial.best_eval_pearson):
+            scored.append(trial)
+            continue
+        scored.append(
+            replace(
+                trial,
+                interval=Interval.of(pearson_interval(observed, trial.predicted)),
+                vs_kmer=Interval.of(paired_pearson_difference(observed, trial.predicted, kmer_predicted)),
+                vs_baseline=Interval.of(paired_pearson_difference(observed, trial.predicted, baseline.predicted))
+                if baseline is not None
+                else None,
+            )
+        )
+    return tuple(scored)
+
+
+def select_ensemble(ranked, observed: np.ndarray, size: int) -> EnsembleResult | None:
+    """The top `size` rankable trials with predictions, averaged; None for fewer than two."""
+    from model.metrics import paired_pearson_difference, pearson_interval
+
+    members = tuple(t for t in ranked if t.rankable and t.predicted is not None)[:size]
+    if len(members) < 2:
+        return None
+    predicted = np.mean([t.predicted for t in members], axis=0)
+    return EnsembleResult(
+        members=members,
+        interval=Interval.of(pearson_interval(observed, predicted)),
+        vs_best=Interval.of(paired_pearson_difference(observed, predicted, members[0].predicted)),
+    )
+
+
+def summarise(trials, *, observed, kmer, max_epochs, rungs, ensemble_size, experiment_path, data_dir) -> StudyResult:
+    """The study's one result: trials with intervals, ranked; compute; the k-mer reference; the ensemble."""
+    from model.metrics import pearson_interval
+
+    ranked = tuple(rank_trials(with_intervals(trials, observed, kmer["predicted"])))
+    reference = pearson_interval(observed, np.asarray(kmer["predicted"]))
+    return StudyResult(
+        trials=ranked,
+        compute=compute_spent(ranked, max_epochs, rungs),
+        experiment_path=experiment_path,
+        data_dir=data_dir,
+        reference=Interval(float(kmer["pearson"]), reference["low"], reference["high"]),
+        ensemble=select_ensemble(ranked, observed, ensemble_size) if ensemble_size >= 2 else None,
+    )
+
+
+def write_best_config(best: TrialResult, path: Path) -> None:
+    """The best trial's config as a file `dream-hpo baseline --config` retrains."""
+    path.write_text(json.dumps(best.config, indent=2, sort_keys=True))
