@@ -255,9 +255,9 @@ def recorded_settings(config: StudyConfig) -> dict:
             "--num-trials": config.num_trials,
             "--max-concurrent": config.max_concurrent,
             "--scheduler": config.scheduler,
-            "--grace-period": config.grace_period,
-            "--reduction-factor": config.reduction_factor,
         })
+    if config.uses_asha:
+        settings.update({"--grace-period": config.grace_period, "--reduction-factor": config.reduction_factor})
     named = {"epochs": config.epochs_flag, "seed": "--seed", "batch_size": "--batch-size"}
     for key, value in sorted(config.fixed.items()):
         settings[named.get(key, f"--set {key}")] = value

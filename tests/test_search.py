@@ -258,6 +258,18 @@ def test_killed_search_resumes_with_one_mlflow_run_per_trial(tmp_path, search_da
         driver.wait()
     _, _, before = child_runs(tracking_uri, "killed")
 
+    # A resume that changes what the study computes is refused, naming each flag with both values.
+    changed = [*command, "--resume", "--max-epochs", "4", "--num-trials", "5", "--grace-period", "2"]
+    for flag, value in (("--max-epochs", "3"), ("--num-trials", "4")):
+        del changed[changed.index(flag):changed.index(flag) + 2]
+    refused = subprocess.run(changed, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    # --grace-period changes nothing without ASHA, so it is no reason to refuse.
+    assert line.endswith("these flags differ from the study's: --max-epochs was 3, now 4; --num-trials was 4, now 5. "
+                         "Resume with the study's values, or start a new study with another --name"), line
+    assert {c.info.run_id for c in child_runs(tracking_uri, "killed")[2]} == {c.info.run_id for c in before}
+
     resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, timeout=900)
     assert resumed.returncode == 0
     client, parents, children = child_runs(tracking_uri, "killed")

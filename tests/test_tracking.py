@@ -174,6 +174,37 @@ def test_bad_search_settings_are_refused_before_ray_or_mlflow_start(tmp_path, ti
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--storage-path", "/proc/version/studies"], "--storage-path /proc/version/studies: /proc/version is a file"),
+        (["--storage-path", "ftp://host/studies"], "--storage-path ftp://host/studies: unknown scheme 'ftp'"),
+        (["--tracking-uri", "sqlite:////no/such/folder/mlflow.db"], "the folder /no/such/folder does not exist"),
+    ],
+)
+def test_bad_storage_is_refused_before_ray_starts_or_the_kmer_reference_is_fitted(tmp_path, tiny_data, args, message):
+    import shutil
+
+    from data_prep.prepare import KMER_REFERENCE_FILE
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / KMER_REFERENCE_FILE).unlink(missing_ok=True)
+    script = (
+        "import sys\nfrom search.cli import main\ncode = main(sys.argv[1:])\n"
+        "print('ray started:', 'ray' in sys.modules and sys.modules['ray'].is_initialized())\nsys.exit(code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "baseline", "--data", str(data), *args], cwd=tmp_path, capture_output=True,
+        text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert result.returncode == 2 and "ray started: False" in result.stdout, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("dream-hpo baseline: error: ") and message in line, line
+    assert not (data / KMER_REFERENCE_FILE).exists(), "the k-mer reference was fitted before the check"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
 def test_a_baseline_outside_the_space_and_a_non_dataset_are_refused_first(tmp_path, tiny_data):
     space = tmp_path / "space.yaml"
     space.write_text("learning_rate: {type: float, low: 0.02, high: 0.1}\n")
