@@ -49,45 +49,41 @@ SMALL_MODEL = {"channels": 48, "transformer_layers": 1, "optimizer": "adam"}
 
 
 def run(args, scheduler: str, data_dir: Path, root: Path) -> dict:
+    """One study, assembled from flags exactly as `dream-hpo search` assembles them."""
+    from search.cli import build_parser, search_config
     from search.space import parse_space
-    from search.study import StudyConfig, run_study
+    from search.study import run_study
 
-    fixed = {**SMALL_MODEL, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, **dict(args.set)}
-    config = StudyConfig(
-        name=f"bench-{scheduler}",
-        data_dir=data_dir,
-        experiment="bench-search",
-        tracking_uri=f"sqlite:///{root}/mlflow.db",
-        storage_path=str(root / "ray_results"),
-        space=parse_space(SPACE, "bench_search space"),
-        num_trials=args.num_trials,
-        max_concurrent=args.max_concurrent,
-        gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial,
-        scheduler=scheduler,
-        grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor,
-        seed=args.seed,
-        fixed=fixed,
-        backend=args.backend,
-    )
+    flags = [
+        "search", "--data", str(data_dir), "--name", f"bench-{scheduler}", "--experiment", "bench-search",
+        "--tracking-uri", f"sqlite:///{root}/mlflow.db", "--storage-path", str(root / "ray_results"),
+        "--num-trials", str(args.num_trials), "--scheduler", scheduler, "--grace-period", str(args.grace_period),
+        "--reduction-factor", str(args.reduction_factor), "--max-epochs", str(args.epochs),
+        "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--cpus-per-trial", str(args.cpus_per_trial),
+        "--backend", args.backend,
+        *[flag for key, value in {**SMALL_MODEL, **dict(args.set)}.items() for flag in ("--set", f"{key}={value}")],
+    ]
+    if args.max_concurrent is not None:
+        flags += ["--max-concurrent", str(args.max_concurrent)]
+    if args.gpus_per_trial is not None:
+        flags += ["--gpus-per-trial", str(args.gpus_per_trial)]
+    config = search_config(build_parser().parse_args(flags), data_dir, parse_space(SPACE, "bench_search space"))
     started = time.perf_counter()
-    summary = run_study(config, progress=lambda message: print(f"  {message}", flush=True))
+    result = run_study(config, progress=lambda message: print(f"  {message}", flush=True))
     wall = time.perf_counter() - started
-    trials, compute = summary["trials"], summary["compute"]
     train_size = json.loads((data_dir / "manifest.json").read_text())["train_size"]
-    epochs = compute["epochs_trained"]
+    compute = result.compute
     return {
         "scheduler": scheduler,
-        "rungs": compute.get("rungs", {}),
+        "rungs": compute.rungs or {},
         "startup": startup_figures(config.tracking_uri, config.experiment, config.name),
-        "trials": len(trials),
-        "done": sum(t["status"] == "done" for t in trials),
-        "epochs_trained": epochs,
-        "device_hours": compute["device_hours"],
-        "best_eval_pearson": max((t["best_eval_pearson"] for t in trials if t["status"] == "done"), default=float("nan")),
+        "trials": len(result.trials),
+        "done": sum(t.status == "done" for t in result.trials),
+        "epochs_trained": compute.epochs_trained,
+        "device_hours": compute.device_hours,
+        "best_eval_pearson": result.best.best_eval_pearson if result.best else float("nan"),
         "wall_s": wall,
-        "aggregate_samples_per_s": epochs * train_size / wall,
+        "aggregate_samples_per_s": compute.epochs_trained * train_size / wall,
         "load": os.getloadavg(),
     }
 
