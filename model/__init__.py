@@ -2,7 +2,9 @@
 
 Names are imported on first use (PEP 562), so `model.config` and `model.metrics`
 load without Keras: a study's driver validates configs and reads metrics without
-ever importing TensorFlow.
+ever importing TensorFlow. A name here never repeats a submodule's name: importing
+the submodule would put the module in its place (the k-mer reference is
+`model.kmer_reference.kmer_reference`).
 """
 
 from importlib import import_module
@@ -13,7 +15,6 @@ _HOMES = {
     "split_config": "model.config",
     "BaseOneHot": "model.layers",
     "RelativeMultiHeadAttention": "model.layers",
-    "kmer_reference": "model.kmer_reference",
     "mse": "model.metrics",
     "paired_pearson_difference": "model.metrics",
     "pearson_interval": "model.metrics",

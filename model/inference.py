@@ -3,18 +3,30 @@
 Training evaluates the unshifted 85 bp window (shift 0), so prediction does too.
 Both saved forms of the model are accepted: the core model (float one-hot input,
 what trials save and serve) and the training model (uint8 codes input).
+
+Keras is imported for type checking only, so the CLI reads DEFAULT_BATCH_SIZE for
+its `--batch-size` default without starting TensorFlow.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import keras
 import numpy as np
 
 from data_prep.encoding import WINDOW_LENGTH, one_hot, window
 
+if TYPE_CHECKING:
+    import keras
+
+# Sequences per predict batch, for `dream-hpo predict`/`evaluate` and the served model.
 DEFAULT_BATCH_SIZE = 1024
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Callers check it before reading sequences or loading a model."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
 
 
 def predict_codes(
@@ -24,8 +36,7 @@ def predict_codes(
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Float32 predictions `(n,)` for codes `(n, 110)`, in input order."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     input_shape = tuple(model.input_shape)
     if input_shape[1] != WINDOW_LENGTH or len(input_shape) not in (2, 3):
         raise ValueError(

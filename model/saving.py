@@ -1,4 +1,9 @@
-"""Saving for resuming (.keras) and exporting for serving (TF SavedModel).
+"""Saving and loading Keras models (.keras) and exporting them for serving (TF SavedModel).
+
+This module is the one place that saves and loads a Keras model, so it imports
+every module that registers a custom object (`REGISTERING_MODULES`): a `.keras`
+file then loads in a fresh process, with no custom_objects, whatever the model
+holds (a strand-averaged model needs model.strand, a compiled one model.training).
 
 The seed lost its best model to a serving signature fixed to the wrong
 shape, so the export states its signature explicitly: any batch size of
@@ -7,14 +12,18 @@ shape, so the export states its signature explicitly: any batch size of
 
 from __future__ import annotations
 
+import zipfile
+from importlib import import_module
 from pathlib import Path
 
 import keras
 
-# Imported for its registrations (as model.layers is below), so .keras files
-# load without custom_objects.
-from model import training as _training  # noqa: F401
 from model.layers import NUM_BASES
+
+# Every module with a `keras.saving.register_keras_serializable` class or function.
+REGISTERING_MODULES = ("model.layers", "model.strand", "model.training")
+for _module in REGISTERING_MODULES:
+    import_module(_module)
 
 
 def _keras_path(path) -> Path:
@@ -31,7 +40,11 @@ def save_model(model: keras.Model, path) -> Path:
 
 
 def load_model(path) -> keras.Model:
-    return keras.saving.load_model(_keras_path(path))
+    """The model in a `.keras` file; a file that is not one fails with ValueError before Keras reads it."""
+    path = _keras_path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a zip archive, as .keras files are: it is truncated or not a Keras model")
+    return keras.saving.load_model(path)
 
 
 def export_serving(core_model: keras.Model, directory) -> Path:

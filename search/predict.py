@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from data_prep.submission import FORMATS
-from model.inference import DEFAULT_BATCH_SIZE
+from model.inference import DEFAULT_BATCH_SIZE, check_batch_size
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -152,6 +152,7 @@ def predict_file(
         raise ValueError(
             f"--out {out} is the --sequences file; give another file name, predict never overwrites its input"
         )
+    check_batch_size(batch_size)
     model = resolve_model(model)
     check_store(model, tracking_uri)
     test = read_test_sequences(sequences, progress=_stage(progress, f"read {Path(sequences).name}"))
@@ -177,6 +178,7 @@ def evaluate_file(
 
     if public_leaderboard is not None and subsets is None:
         raise ValueError("--public-leaderboard only filters subsets: give --subsets too")
+    check_batch_size(batch_size)
     model = resolve_model(model)
     check_store(model, tracking_uri)
     client = _run_client(log_to, tracking_uri) if log_to else None

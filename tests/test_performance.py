@@ -80,13 +80,30 @@ def test_auto_settings_follow_the_device(monkeypatch):
     assert devices.resolve_mixed_precision("auto") is False  # XLA's CPU bfloat16 was no faster, AMX or not
 
 
-def test_cpu_flags_come_from_proc_cpuinfo():
-    flags = devices.cpu_flags()
-    if not Path("/proc/cpuinfo").exists():
-        assert flags == frozenset()
-        return
-    first = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    assert flags == frozenset(first.split(":", 1)[1].split()) and "fpu" in flags
+def test_cpu_flags_are_the_first_processors_flags_line(monkeypatch, tmp_path):
+    """x86 lists `flags` per processor; the first one counts. ARM says `Features`, and a container may hide the file."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\nbugs\t\t: spectre_v1\n\n"
+        "processor\t: 1\nflags\t\t: fpu sse2\n"
+    )
+
+    def read(path):
+        assert path == "/proc/cpuinfo"
+        return open(cpuinfo)
+
+    monkeypatch.setattr(devices, "open", read, raising=False)
+    devices.cpu_flags.cache_clear()
+    try:
+        assert devices.cpu_flags() == {"fpu", "sse2", "avx512f", "amx_bf16", "amx_tile"}
+        devices.cpu_flags.cache_clear()
+        cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm\n")
+        assert devices.cpu_flags() == frozenset()
+        devices.cpu_flags.cache_clear()
+        cpuinfo.unlink()
+        assert devices.cpu_flags() == frozenset()
+    finally:
+        devices.cpu_flags.cache_clear()
 
 
 def test_compute_capability_is_read_from_either_backend():

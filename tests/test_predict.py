@@ -8,6 +8,7 @@ metrics: one-hot by hand from the sequence strings, correlations with SciPy
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from search.cli import main
 
 TINY = ModelConfig(channels=48, transformer_layers=1, num_heads=8, key_size=8, tower_blocks=2)
 BASES = "ACGT"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,23 @@ def keras_model(keras_file):
     from model import load_model
 
     return load_model(keras_file)
+
+
+@pytest.fixture(scope="module")
+def strand_keras_file(tmp_path_factory) -> Path:
+    """A model trained with rc_augment: the core wrapped in StrandAveraged, as a study saves it."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    config = dataclasses.replace(TINY, rc_augment=True)
+    return save_model(build_model(config), tmp_path_factory.mktemp("strand") / "strand.keras")
+
+
+@pytest.fixture(scope="module")
+def strand_model(strand_keras_file):
+    from model import load_model
+
+    return load_model(strand_keras_file)
 
 
 def expected_predictions(keras_model, sequences: list[str]) -> np.ndarray:
@@ -147,7 +166,59 @@ def test_a_missing_model_or_unknown_model_spec_is_refused_before_reading(tmp_pat
     assert "none.keras: no such model file" in capsys.readouterr().err
     assert predict("best-model", path, out) == 2
     assert "give an MLflow run id" in capsys.readouterr().err
+    assert predict(tmp_path / "none.keras", path, out, "--batch-size", "0") == 2
+    assert capsys.readouterr().err == (
+        "dream-hpo predict: error: batch_size must be a whole number of at least 1, got 0\n"
+    )
     assert not out.exists()
+
+
+def unloadable_models(directory: Path, keras_file: Path) -> dict[str, tuple[Path, str]]:
+    """Models that cannot load, and the cause each error must give: a truncated file, an unknown layer."""
+    import zipfile
+
+    truncated = directory / "truncated.keras"
+    truncated.write_bytes(keras_file.read_bytes()[:5000])
+    unknown = directory / "unknown_layer.keras"
+    with zipfile.ZipFile(keras_file) as source, zipfile.ZipFile(unknown, "w") as renamed:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "config.json":
+                data = data.replace(b"RelativeMultiHeadAttention", b"NoSuchAttention")
+            renamed.writestr(item, data)
+    return {
+        "truncated": (truncated, f"{truncated} is not a zip archive, as .keras files are"),
+        "unknown layer": (unknown, "Could not locate class 'NoSuchAttention'. Make sure custom classes"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["truncated", "unknown layer"])
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_model_that_does_not_load_is_one_line_naming_it_and_the_cause(
+    tmp_path, keras_file, sequences_file, capsys, kind, command
+):
+    model, message = unloadable_models(tmp_path, keras_file)[kind]
+    measured = tmp_path / "measured.txt"
+    measured.write_text("".join(f"{s}\t{i}\n" for i, s in enumerate(sequences_file[1])))
+    argv = [command, "--model", str(model), "--sequences", str(measured)]
+    argv += ["--out", str(tmp_path / "out.tsv")] if command == "predict" else []
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]
+    assert last.startswith(f"dream-hpo {command}: error: cannot load model {model}: {message}"), err
+    # The progress bar of the test file, then that one line: no traceback and no model config.
+    assert err.count("\n") == 2 and "config" not in err.lower() and not (tmp_path / "out.tsv").exists()
+
+
+def test_an_unexpected_failure_in_predict_is_one_line_with_its_type(
+    tmp_path, keras_file, sequences_file, monkeypatch, capsys
+):
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of device memory\nallocator dump: ...")
+
+    monkeypatch.setattr("model.inference.predict_mean", fail)
+    assert predict(keras_file, sequences_file[0], tmp_path / "out.tsv") == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "dream-hpo predict: error: RuntimeError: out of device memory"
 
 
 def test_predict_refuses_to_write_over_its_input(tmp_path, keras_file, sequences_file, capsys):
@@ -441,19 +512,59 @@ BAD_REQUESTS = [
     (["ACGT", ""], "row 2: '' is not a DNA sequence; every row needs a non-empty string of A, C, G, T, N"),
 ]
 
+# What predict writes to the console: its progress bars. Anything else is noise (TensorFlow, absl, MLflow).
+OWN_LINES = re.compile(r"(read \S+|predict) \[[#.]+\] [\d,]+/[\d,]+")
+
+
+def fresh_predicts(cwd: Path, *commands: list[str]) -> subprocess.Popen:
+    """`dream-hpo predict` for each argument list, in turn, in a new Python with nothing imported.
+
+    The first model loads before any of dream-hpo's Keras classes were imported: they
+    must register themselves.
+    """
+    script = (
+        "import json, sys\nfrom search.cli import main\n"
+        "for argv in json.loads(sys.argv[1]):\n    if main(['predict', *argv]):\n        sys.exit(1)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "TF_CPP_MIN_LOG_LEVEL")}
+    return subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(commands)],
+        cwd=cwd,
+        env=dict(env, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished_quietly(process: subprocess.Popen, outs: list[Path], count: int) -> None:
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert stdout == "".join(f"wrote {count} predictions to {out}\n" for out in outs)
+    noise = [line for line in re.split(r"[\r\n]+", stderr) if line and not OWN_LINES.fullmatch(line)]
+    assert noise == [], stderr[-3000:]
+    assert "oneDNN" not in stderr and "absl" not in stderr
+
 
 @pytest.mark.slow
-def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
-    tmp_path, keras_file, keras_model, sequences_file
+def test_registered_models_predict_the_keras_values_in_process_in_fresh_processes_and_over_http(
+    tmp_path, keras_file, keras_model, strand_keras_file, strand_model, sequences_file
 ):
-    """The trial logger's call: the logged model serves raw sequences, loaded, registered and over HTTP."""
+    """What a study registers: the best model (plain or strand-averaged) and the ensemble of the top trials.
+
+    Each loads where nothing of dream-hpo was imported before: `dream-hpo predict` in a
+    new process on a .keras file and then on a registry URI, and `mlflow models serve`.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from search.serving import log_sequence_model
 
-    _, sequences = sequences_file
+    path, sequences = sequences_file
     expected = expected_predictions(keras_model, sequences)
+    expected_strand = expected_predictions(strand_model, sequences)
+    expected_ensemble = (expected + expected_strand) / 2
+    assert not np.allclose(expected_strand, expected, rtol=1e-3)
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -462,29 +573,8 @@ def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
     info = log_sequence_model(run_id, [keras_file])
     registered = f"models:/tests-served/{mlflow.register_model(info.model_uri, 'tests-served').version}"
     assert registered == "models:/tests-served/1"
-
-    pyfunc = mlflow.pyfunc.load_model(registered)
-    predicted = pyfunc.predict(pd.DataFrame({"sequence": sequences}))
-    np.testing.assert_allclose(np.asarray(predicted).reshape(-1), expected, rtol=1e-5, atol=1e-6)
-    from mlflow.exceptions import MlflowException
-
-    for bad, message in BAD_REQUESTS:
-        with pytest.raises(MlflowException) as error:
-            pyfunc.predict(pd.DataFrame({"sequence": bad}))
-        assert error.value.message == message and error.value.error_code == "INVALID_PARAMETER_VALUE"
-
-    # Without --tracking-uri, predict reads MLFLOW_TRACKING_URI, as MLflow's own commands do.
-    submission = tmp_path / "from_registry.tsv"
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    try:
-        assert predict(registered, sequences_file[0], submission) == 0
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
-    from_registry = [float(line.split("\t")[1]) for line in submission.read_text().splitlines()]
-    np.testing.assert_allclose(from_registry, expected, rtol=1e-5, atol=1e-6)
-    by_run = tmp_path / "from_run.json"
-    assert predict(run_id, sequences_file[0], by_run, "--tracking-uri", tracking_uri) == 0
-    np.testing.assert_allclose(list(json.loads(by_run.read_text()).values()), expected, rtol=1e-5, atol=1e-6)
+    ensemble_info = log_sequence_model(run_id, [keras_file, strand_keras_file], name="ensemble")
+    ensemble = f"models:/tests-ensemble/{mlflow.register_model(ensemble_info.model_uri, 'tests-ensemble').version}"
 
     port = free_port()
     log = tmp_path / "serve.log"
@@ -492,11 +582,14 @@ def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
     # `uvicorn` by name, so the command puts the environment's bin first on PATH itself.
     venv_bin = Path(sys.executable).parent
     readme_command = (
-        f'PATH="{venv_bin}:$PATH" MLFLOW_TRACKING_URI={tracking_uri} {venv_bin}/mlflow models serve -m {registered} '
+        f'PATH="{venv_bin}:$PATH" MLFLOW_TRACKING_URI={tracking_uri} {venv_bin}/mlflow models serve -m {ensemble} '
         f"--env-manager local --host 127.0.0.1 --port {port} --workers 1"
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PATH="/usr/bin:/bin")
     assert shutil.which("uvicorn", path=env["PATH"]) is None
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    # The server and the fresh predicts start together: both spend most of their time importing.
     with log.open("w") as log_stream:
         server = subprocess.Popen(
             ["/bin/sh", "-c", f"exec env {readme_command}"],
@@ -505,14 +598,50 @@ def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    outs = [fresh / "strand.tsv", fresh / "ensemble.json"]
+    fresh_process = fresh_predicts(
+        fresh,
+        ["--model", str(strand_keras_file), "--sequences", str(path), "--out", str(outs[0])],
+        ["--model", ensemble, "--sequences", str(path), "--out", str(outs[1]), "--tracking-uri", tracking_uri],
+    )
     try:
+        pyfunc = mlflow.pyfunc.load_model(registered)
+        predicted = pyfunc.predict(pd.DataFrame({"sequence": sequences}))
+        np.testing.assert_allclose(np.asarray(predicted).reshape(-1), expected, rtol=1e-5, atol=1e-6)
+        from mlflow.exceptions import MlflowException
+
+        for bad, message in BAD_REQUESTS:
+            with pytest.raises(MlflowException) as error:
+                pyfunc.predict(pd.DataFrame({"sequence": bad}))
+            assert error.value.message == message and error.value.error_code == "INVALID_PARAMETER_VALUE"
+
+        # Without --tracking-uri, predict reads MLFLOW_TRACKING_URI, as MLflow's own commands do.
+        submission = tmp_path / "from_registry.tsv"
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        try:
+            assert predict(registered, path, submission) == 0
+        finally:
+            del os.environ["MLFLOW_TRACKING_URI"]
+        from_registry = [float(line.split("\t")[1]) for line in submission.read_text().splitlines()]
+        np.testing.assert_allclose(from_registry, expected, rtol=1e-5, atol=1e-6)
+        by_run = tmp_path / "from_run.json"
+        assert predict(run_id, path, by_run, "--tracking-uri", tracking_uri) == 0
+        np.testing.assert_allclose(list(json.loads(by_run.read_text()).values()), expected, rtol=1e-5, atol=1e-6)
+
+        finished_quietly(fresh_process, outs, len(sequences))
+        strand_rows = [line.split("\t") for line in outs[0].read_text().splitlines()]
+        assert [row[0] for row in strand_rows] == sequences
+        np.testing.assert_allclose([float(row[1]) for row in strand_rows], expected_strand, rtol=1e-5, atol=1e-6)
+        from_ensemble = list(json.loads(outs[1].read_text()).values())
+        np.testing.assert_allclose(from_ensemble, expected_ensemble, rtol=1e-5, atol=1e-6)
+
         wait_until_healthy(server, f"http://127.0.0.1:{port}/ping", log)
         status, body = post(
             f"http://127.0.0.1:{port}/invocations",
             {"dataframe_split": {"columns": ["sequence"], "data": [[s] for s in sequences]}},
         )
         assert status == 200, body
-        np.testing.assert_allclose(np.asarray(body["predictions"]).reshape(-1), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(body["predictions"]).reshape(-1), expected_ensemble, rtol=1e-5, atol=1e-6)
 
         for bad, message in BAD_REQUESTS:
             status, body = post(
@@ -526,6 +655,9 @@ def test_registered_pyfunc_and_mlflow_models_serve_return_the_keras_predictions(
             assert "Traceback" not in text and "site-packages" not in text and str(tmp_path) not in text
             assert str(Path(__file__).parents[1]) not in text
     finally:
+        if fresh_process.poll() is None:
+            fresh_process.kill()
+            fresh_process.wait()
         stop_server(server)
 
 

@@ -8,7 +8,6 @@ from model import (
     ModelConfig,
     StrandAveraged,
     TrainConfig,
-    build_model,
     build_training_model,
     compile_for_training,
     core_model,
@@ -45,13 +44,33 @@ def rate(schedule, step) -> float:
 # ---- configs ----------------------------------------------------------------
 
 
-def test_defaults_are_still_the_seed():
-    train = TrainConfig()
-    assert (train.optimizer, train.lr_schedule, train.learning_rate, train.momentum) == ("sgd", "constant", 0.01, 0.9)
-    assert (train.weight_decay, train.batch_size) == (0.0, 10_000)
-    assert ModelConfig().rc_augment is False
-    core = build_model(ModelConfig())
-    assert int(sum(np.prod(w.shape) for w in core.trainable_weights)) == 1_995_617
+def test_the_default_recipe_takes_the_seeds_sgd_steps():
+    """Poisson loss, SGD with plain momentum 0.9 at a constant 0.01, no decay, no clipping: two steps by hand.
+
+    The gradients are large (norm above 1), so clipping would show; the second step
+    shows momentum (Nesterov would look ahead) and a rate that stays constant.
+    """
+    x = np.array([[1.0, 2.0, -1.0], [0.5, -3.0, 2.0], [-2.0, 1.0, 4.0], [3.0, 0.0, -2.0]], dtype="float32")
+    y = np.array([4.0, 0.0, 9.0, 2.0], dtype="float32")
+    linear = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="softplus")])
+    weights = [np.array([[0.2], [-0.1], [0.3]], dtype="float32"), np.array([0.1], dtype="float32")]
+    linear.set_weights(weights)
+    compile_for_training(linear, TrainConfig())
+
+    w, b = (v.astype("float64") for v in weights)
+    velocity = [np.zeros_like(w), np.zeros_like(b)]
+    for _ in range(2):
+        z = x @ w + b
+        p = np.log1p(np.exp(z))
+        # d/dz of mean(p - y log(p + eps)), with dp/dz = sigmoid(z)
+        dz = (1 - y[:, None] / (p + 1e-7)) / len(y) / (1 + np.exp(-z))
+        gradients = [x.T @ dz, dz.sum(axis=0)]
+        assert np.linalg.norm(np.concatenate([g.ravel() for g in gradients])) > 1
+        velocity = [0.9 * v - 0.01 * g for v, g in zip(velocity, gradients)]
+        w, b = w + velocity[0], b + velocity[1]
+        linear.train_on_batch(x, y)
+    np.testing.assert_allclose(linear.get_weights()[0], w, rtol=1e-5)
+    np.testing.assert_allclose(linear.get_weights()[1], b, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -207,9 +226,17 @@ def test_strand_averaged_model_keeps_float32_under_mixed_precision():
     try:
         set_precision(TrainConfig(mixed_precision=True))
         training = compile_for_training(build_training_model(ModelConfig(channels=48, transformer_layers=1, rc_augment=True)), TrainConfig(jit_compile=False))
-        assert core_model(training).get_layer("strand_averaged").layer.get_layer("transformer").compute_dtype == "bfloat16"
-        assert np.isfinite(training.train_on_batch(random_codes(4), np.ones(4, dtype="float32")))
-        assert training.predict(random_codes(2), verbose=0).dtype == np.float32
+        inner = core_model(training).get_layer("strand_averaged").layer
+        assert inner.get_layer("transformer").compute_dtype == "bfloat16"
+        training.train_on_batch(random_codes(4), np.ones(4, dtype="float32"))
+        codes = random_codes(6, seed=3)
+        both = training.predict(codes, verbose=0)
+        single = inner.predict(one_hot(codes), verbose=0)
+        reverse = inner.predict(one_hot(reverse_complement_codes(codes)), verbose=0)
+        # Averaged in float32: a bfloat16 mean would be off by up to 2**-9 of the value.
+        assert both.dtype == np.float32 and not np.allclose(single, reverse, rtol=1e-3)
+        np.testing.assert_allclose(both, (single + reverse) / 2, rtol=1e-6)
+        np.testing.assert_allclose(training.predict(reverse_complement_codes(codes), verbose=0), both, rtol=1e-6)
     finally:
         set_precision(TrainConfig(mixed_precision=False))
 
