@@ -141,6 +141,11 @@ def baseline_config(args, data_dir: Path):
 def search_config(args, data_dir: Path, space: dict):
     """The search command's study: the space, the trials and their scheduling, --set fields fixed for all."""
     defaults = QUICK_SEARCH if args.quick else EMBEDDED
+    if "batch_size" in space and args.batch_size is not None:
+        raise ValueError(
+            f"--batch-size {args.batch_size}: this study's space searches batch_size; drop --batch-size, "
+            "or take batch_size out of the space (--space FILE)"
+        )
     fixed = {"epochs": given(args.max_epochs, defaults["epochs"]), "seed": args.seed}
     if "batch_size" not in space and (args.quick or args.batch_size is not None):
         fixed["batch_size"] = given(args.batch_size, defaults["batch_size"])
@@ -263,7 +268,7 @@ def load_trial_config(path: Path) -> dict:
 
 def config_setting(text: str) -> tuple[str, object]:
     """`--set KEY=VALUE`: a model or training config field, the value read as YAML (1e-3, false, adam)."""
-    import yaml
+    from search.space import read_yaml
 
     key, separator, value = text.partition("=")
     if not separator or not key:
@@ -276,7 +281,7 @@ def config_setting(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{key!r} is not a config field; allowed: {', '.join(allowed)}")
     if key in FIELDS_WITH_FLAGS:
         raise argparse.ArgumentTypeError(f"{key!r} has its own flag: use {FIELDS_WITH_FLAGS[key]} instead of --set")
-    return key, yaml.safe_load(value)
+    return key, read_yaml(value)
 
 
 # Config fields the study commands set with flags of their own; `--set` would contradict them.

@@ -50,7 +50,7 @@ def trial_table(result: StudyResult, top: int = 10) -> list[str]:
     ]
     for rank, trial in enumerate(result.trials[:top], start=1):
         config = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.searched.items())
-        shown_rank = str(rank) if trial.status == "done" else "-"
+        shown_rank = str(rank) if trial.rankable else "-"
         reason = f"  ({trial.reason})" if trial.status != "done" and trial.reason else ""
         pearson = _interval(trial.interval) if trial.interval else f"{trial.best_eval_pearson:.3f}"
         lines.append(

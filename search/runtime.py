@@ -83,6 +83,7 @@ class GracefulInterrupt:
     def __enter__(self):
         self.happened = False
         self.previous = None
+        self.tune_setting = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         if threading.current_thread() is threading.main_thread():
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
             self.previous = signal.signal(signal.SIGINT, self._interrupt)
@@ -96,6 +97,10 @@ class GracefulInterrupt:
     def __exit__(self, *exc):
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+            if self.tune_setting is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self.tune_setting
         return False
 
 

@@ -8,6 +8,7 @@ of the same shape; every range is checked before anything starts.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,22 @@ EXTENDED_SPACE = {
 BUILT_IN_SPACES = {"default": DEFAULT_SPACE, "extended": EXTENDED_SPACE}
 
 KINDS = {"int": ("low", "high", "step", "log"), "float": ("low", "high", "log"), "categorical": ("choices",)}
+
+
+class _Yaml12Floats(yaml.SafeLoader):
+    """PyYAML's safe loader, but `1e-3` is a float, as in YAML 1.2 (PyYAML 1.1 wants `1.0e-3`)."""
+
+
+_Yaml12Floats.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str):
+    """YAML as users write numbers: a space file, or a `--set` value."""
+    return yaml.load(text, Loader=_Yaml12Floats)
 
 
 class SpaceError(ValueError):
@@ -165,7 +182,7 @@ def load_space(path: Path | str | None) -> dict[str, Parameter]:
         if path.suffix == ".toml":
             raw = tomllib.loads(text)
         elif path.suffix in {".yaml", ".yml"}:
-            raw = yaml.safe_load(text)
+            raw = read_yaml(text)
         else:
             raise SpaceError(f"--space {path}: a space file must end in .yaml, .yml or .toml")
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:

@@ -185,7 +185,7 @@ def trial_result(outcome, runs, config: StudyConfig, device_share: float) -> res
         run_id=run_id,
         baseline=is_baseline(trial_config, config.fixed),
         status=results.trial_status(metrics, errored=outcome.error is not None),
-        reason=metrics.get("stop_reason") or metrics.get("problem") or "",
+        reason=metrics.get("stop_reason") or metrics.get("problem") or error_line(outcome.error),
         best_eval_pearson=float(best) if best is not None else math.nan,
         epochs_trained=int(metrics.get("epoch", 0)),
         device_hours=float(metrics.get("time_total_s", 0.0)) * device_share / 3600,
@@ -196,6 +196,12 @@ def trial_result(outcome, runs, config: StudyConfig, device_share: float) -> res
         predicted=best_predictions(outcome.checkpoint),
         checkpoint=outcome.checkpoint,
     )
+
+
+def error_line(error: BaseException | None) -> str:
+    """The exception line of a trial's error (Ray's error text ends with it), or ''."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else (type(error).__name__ if error else "")
 
 
 def best_predictions(checkpoint):

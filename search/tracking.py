@@ -330,12 +330,11 @@ class StudyRuns:
         """The final metrics, plots, predictions, config and the best model; returns the history."""
         state = json.loads((checkpoint_dir / STATE_FILE).read_text())
         client = self.client
-        final = [
-            Metric("best_eval_pearson", float(state["best_eval_pearson"]), int(time.time() * 1000), 0),
-            Metric("epochs_trained", float(state["epochs_done"]), int(time.time() * 1000), 0),
-        ]
-        if state["best_epoch"] is not None:
-            final.append(Metric("best_epoch", float(state["best_epoch"]), int(time.time() * 1000), 0))
+        now = int(time.time() * 1000)
+        final = [Metric("epochs_trained", float(state["epochs_done"]), now, 0)]
+        if state["best_epoch"] is not None:  # a trial with no signal in any epoch has no best
+            final.append(Metric("best_epoch", float(state["best_epoch"]), now, 0))
+            final.append(Metric("best_eval_pearson", float(state["best_eval_pearson"]), now, 0))
         client.log_batch(run_id, metrics=final)
         self.log_json(run_id, "config/trial_config.json", config)
         self.log_json(run_id, "data/data_manifest.json", self.manifest)

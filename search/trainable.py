@@ -219,7 +219,8 @@ def train_trial(config: dict) -> None:
                     # The start-up figures go with this process's first epoch of the trial only.
                     **(startup if epoch == first_epoch else {}),
                     startup_seconds=startup["system/startup_seconds"],
-                    best_eval_pearson=state.best_eval_pearson,
+                    # NaN, not the -inf a trial starts from, while no epoch had a signal.
+                    best_eval_pearson=state.best_eval_pearson if state.best_epoch is not None else math.nan,
                     best_epoch=state.best_epoch,
                     derived=derived,
                     problem=problem or "",

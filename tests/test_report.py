@@ -109,7 +109,6 @@ def test_table_shows_a_trial_without_interval_by_its_pearson_and_a_failure_witho
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="report.trial_table ranks by status == 'done', not by TrialResult.rankable")
 def test_a_finished_trial_without_a_logged_model_is_not_ranked():
     trials = [trial("t_err", math.nan, "error", "boom"), trial("no_model", 0.95, logged=False), trial("good", 0.7)]
     assert [line.split()[:2] for line in trial_table(study(trials))[1:4]] == [
@@ -418,9 +417,28 @@ def test_set_of_a_field_with_its_own_flag_is_refused_naming_the_flag(capsys, com
     )
 
 
-@pytest.mark.xfail(strict=True, reason="--set reads values with PyYAML (YAML 1.1), where 1e-3 is a string")
 def test_set_reads_the_float_its_help_gives_as_an_example():
     assert parse("search", "--set", "weight_decay=1e-3").set == [("weight_decay", 0.001)]
+    assert parse("search", "--set", "optimizer=adamw", "--set", "rc_augment=true").set == [
+        ("optimizer", "adamw"), ("rc_augment", True)
+    ]
+
+
+def test_a_space_file_reads_1e_3_as_a_number(tmp_path):
+    from search.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("learning_rate: {type: float, low: 1e-3, high: 1E-1, log: true}\n")
+    parameter = load_space(path)["learning_rate"]
+    assert (parameter.low, parameter.high) == (0.001, 0.1)
+
+
+def test_batch_size_flag_with_a_space_that_searches_batch_size_is_refused_not_dropped():
+    from search.cli import search_config
+    from search.space import load_space
+
+    with pytest.raises(ValueError, match=r"^--batch-size 64: this study's space searches batch_size; drop --batch-size"):
+        search_config(parse("search", "--batch-size", "64"), Path("/data"), load_space("extended"))
 
 
 # Ctrl-C twice.

@@ -7,6 +7,8 @@ command's exit code.
 
 from __future__ import annotations
 
+import math
+
 import shutil
 from pathlib import Path
 
@@ -107,7 +109,6 @@ def test_a_trial_whose_data_load_raises_fails_its_run_and_the_study_with_the_exc
     assert row.split()[:2] == ["-", trial.trial_id] and "  error      [baseline] " in row, row
 
 
-@pytest.mark.xfail(strict=True, reason="study.trial_result takes the reason from the trial's metrics only, not its error")
 def test_an_errored_trial_carries_its_exception_as_its_reason_into_the_table(broken, monkeypatch, capsys):
     tmp_path, data, result, _ = broken
     [trial] = result.trials
@@ -135,11 +136,13 @@ def test_a_trial_with_constant_predictions_every_epoch_has_no_signal_and_says_wh
     assert (trial.status, trial.reason) == ("no signal", "all eval predictions are the constant 0")
     assert (trial.epochs_trained, trial.model_logged, trial.baseline, trial.predicted) == (2, False, True, None)
     assert trial.interval is None and result.best is None
+    assert math.isnan(trial.best_eval_pearson)  # not the -inf a trial starts from
 
     client, run = only_run(tmp_path, "flat")
     assert run.info.status == "FINISHED"  # it trained to the end; only divergence and errors fail a run
     assert run.data.tags["stop_reason"] == "all eval predictions are the constant 0"
     assert "model_logged" not in run.data.tags
+    assert "best_eval_pearson" not in run.data.metrics and "best_epoch" not in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_pearson")] == [1, 2]
 
     code, printed = exit_code_of_baseline_command(monkeypatch, tmp_path, small_data, result, capsys)
