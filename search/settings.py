@@ -181,6 +181,7 @@ def validate_study(config: StudyConfig) -> dict:
     existing study (refused without --resume, compared with the flags on --resume).
     """
     from data_prep import check_prepared
+    from data_prep.encoding import WINDOW_LENGTH
     from model import split_config
     from search.baseline import baseline_config
     from search.cluster import check_storage_location
@@ -203,6 +204,14 @@ def validate_study(config: StudyConfig) -> dict:
         split_config(single_trial_config(config))
     except (ValueError, TypeError) as error:
         raise StudyError(f"--set/--config: the trial's config is invalid: {error}") from None
+    length = single_trial_config(config)["sequence_length"]
+    if "sequence_length" in (config.space or {}):
+        raise StudyError(f"--space: sequence_length cannot be searched; trials train on the prepared {WINDOW_LENGTH} bp window")
+    if length != WINDOW_LENGTH:
+        raise StudyError(
+            f"--set/--config sequence_length={length!r}: trials train on the prepared {WINDOW_LENGTH} bp window; "
+            f"leave sequence_length at {WINDOW_LENGTH}"
+        )
     if config.space:
         check_space(config.space, config.fixed)
         baseline_point(config.space, config.fixed)

@@ -163,6 +163,7 @@ def test_set_and_config_runs_are_named_for_what_they_are(tmp_path, tiny_data):
         (["--reduction-factor", "1"], "--reduction-factor 1: must be >= 2"),
         (["--name", "a/b"], "--name 'a/b': names a directory of the study's results"),
         (["--set", "num_heads=16"], "the point channels=144, "),
+        (["--set", "sequence_length=100"], "sequence_length=100: trials train on the prepared 85 bp window"),
     ],
 )
 def test_bad_search_settings_are_refused_before_ray_or_mlflow_start(tmp_path, tiny_data, args, message):
