@@ -15,6 +15,7 @@ from ray import tune
 
 from search.baseline import is_baseline
 from search.runtime import error_summary, trial_config, trial_number
+from search.scheduler import early_stop_reason
 
 
 def duration(seconds: float) -> str:
@@ -36,8 +37,10 @@ class ConsoleReporter(tune.Callback):
     to the last epoch at the study's mean epoch time, spread over the trials running at once.
     """
 
-    def __init__(self, num_trials: int, max_epochs: int, searched: bool, fixed: dict, out=print):
+    def __init__(self, num_trials: int, max_epochs: int, searched: bool, fixed: dict, grace_period: int | None,
+                 out=print):
         self.searched = searched
+        self.grace_period = grace_period
         self.num_trials = num_trials
         self.max_epochs = max_epochs
         self.fixed = fixed
@@ -90,10 +93,9 @@ class ConsoleReporter(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished.add(trial.trial_id)
-        epochs = self.epochs_seen.get(trial.trial_id, 0)
-        last = trial.last_result or {}
-        if not last.get("diverged") and epochs < self.max_epochs:
-            self.out(f"{self._label(trial)}  stopped early by ASHA after epoch {epochs}")
+        reason = early_stop_reason(trial.last_result or {}, self.grace_period, self.max_epochs) if self.grace_period else None
+        if reason:
+            self.out(f"{self._label(trial)}  {reason}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.finished.add(trial.trial_id)

@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 
 
+# A trial whose best eval Pearson is at or below this has learned nothing worth ranking.
+NO_SIGNAL_FLOOR = 0.0
+
+
 @dataclass(frozen=True)
 class Interval:
     """A figure with its bootstrap 95 % interval."""
@@ -162,7 +166,7 @@ def trial_status(metrics: dict, errored: bool) -> str:
         return "error"
     if metrics.get("diverged"):
         return "diverged"
-    if best is None or not math.isfinite(best):
+    if best is None or not math.isfinite(best) or best <= NO_SIGNAL_FLOOR:
         return "no signal"
     return "done"
 

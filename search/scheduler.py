@@ -1,26 +1,90 @@
-"""ASHA that lets the baseline trial run all its epochs.
+"""How a study stops trials early, and what Optuna learns from the stopped ones.
 
-Every trial's "vs baseline" difference is against the baseline's best epoch; a
-baseline stopped at the first rung (the seed's slow SGD recipe often is) would make
-any search look better than it is. The baseline still fills ASHA's rungs, so other
-trials are compared with it as usual.
+`StudyASHA` is ASHA with two rules of the study's own:
+- the baseline trains all its epochs and stays out of the rungs: every "vs baseline"
+  figure is against its best epoch, and the seed's recipe, which often collapses on real
+  data, neither lifts a worse trial over a rung nor pushes a better one out;
+- a trial with no signal by the end of its grace period (best eval r at or below 0, or
+  constant or non-finite predictions) stops, whatever the rungs hold.
+
+`PrunedAwareOptunaSearch` tells Optuna that a trial stopped before the last epoch was
+pruned, with the per-epoch scores it reported, instead of finished with its last one,
+so TPE does not take a rung-1 score for a final one.
 """
 
 from __future__ import annotations
 
+import math
+
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from search.baseline import is_baseline
+from search.results import NO_SIGNAL_FLOOR
 from search.runtime import trial_config
+from search.trainable import TUNE_METRIC
 
 
-class BaselineKeepingASHA(ASHAScheduler):
+def no_signal_reason(result: dict, grace_period: int) -> str | None:
+    """Why a trial at this result has shown no signal by the end of its grace period, or None.
+
+    Decided on the number ASHA ranks (the best eval Pearson so far, -1 while there is none).
+    """
+    epoch = int(result.get("epoch", 0))
+    score = result.get(TUNE_METRIC)
+    if epoch < grace_period or score is None or score > NO_SIGNAL_FLOOR:
+        return None
+    best = result.get("best_eval_pearson", math.nan)
+    detail = f"best eval r {best:.3f} <= {NO_SIGNAL_FLOOR:g}" if math.isfinite(best) else "constant or non-finite predictions"
+    return f"stopped: no signal by epoch {epoch}, its grace period ({detail})"
+
+
+class StudyASHA(ASHAScheduler):
     def __init__(self, fixed: dict, **asha):
         super().__init__(**asha)
         self.fixed = fixed
+        self.grace_period = asha["grace_period"]
+
+    def _is_baseline(self, trial) -> bool:
+        return is_baseline(trial_config(trial), self.fixed)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and is_baseline(trial_config(trial), self.fixed):
+        if self._is_baseline(trial):
             return TrialScheduler.CONTINUE  # its function ends by itself after the last epoch
-        return decision
+        if no_signal_reason(result, self.grace_period):
+            self._num_stopped += 1
+            return TrialScheduler.STOP
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict):
+        if self._is_baseline(trial):
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    def __init__(self, max_epochs: int, **optuna_search):
+        super().__init__(**optuna_search)
+        self.max_epochs = max_epochs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        if result and not error:
+            # Ray hands a trial's last result to on_trial_complete only: it is an epoch too.
+            self.on_trial_result(trial_id, result)
+        if error or not result or int(result.get("epoch", self.max_epochs)) >= self.max_epochs:
+            return super().on_trial_complete(trial_id, result, error)
+        import optuna
+
+        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def early_stop_reason(last: dict, grace_period: int, max_epochs: int) -> str | None:
+    """Why ASHA ended a trial before its last epoch (no signal, or its rung), or None when it did not."""
+    epoch = int(last.get("epoch", 0))
+    if last.get("diverged") or epoch >= max_epochs:
+        return None
+    return no_signal_reason(last, grace_period) or f"stopped early by ASHA after epoch {epoch}"

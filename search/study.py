@@ -40,7 +40,7 @@ def run_study(config: StudyConfig, progress=print) -> results.StudyResult:
     runs = tracking.StudyRuns(tracking_uri, config.experiment, config.name, data_dir, manifest)
     parent_run_id = runs.open_parent(study_params(config, gpus), space_spec(config.space)) if config.searched else None
     # On resume Ray restores the callbacks pickled with the tuner; they find their runs by tags.
-    logger = tracking.MlflowTrialLogger(runs, TrialNaming(config), trial_params, parent_run_id)
+    logger = tracking.MlflowTrialLogger(runs, TrialNaming(config), trial_params, parent_run_id, stopped_early(config))
     trainable = tune.with_resources(_train_trial(), {"cpu": config.cpus_per_trial, "gpu": gpus})
     param_space = ray_param_space(config, data_dir)
     progress(report.header(config, gpus, tracking_uri))
@@ -136,16 +136,19 @@ def tune_config(config: StudyConfig):
     search_alg, scheduler = None, None
     if config.searched:
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
+
+        from search.scheduler import PrunedAwareOptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True)
         # Ray Tune limits the searcher itself from `max_concurrent_trials`.
-        search_alg = OptunaSearch(points_to_evaluate=[baseline_point(config.space, config.fixed)], sampler=sampler)
+        search_alg = PrunedAwareOptunaSearch(
+            config.max_epochs, points_to_evaluate=[baseline_point(config.space, config.fixed)], sampler=sampler
+        )
     if config.uses_asha:
-        from search.scheduler import BaselineKeepingASHA
+        from search.scheduler import StudyASHA
 
-        scheduler = BaselineKeepingASHA(
+        scheduler = StudyASHA(
             config.fixed,
             time_attr="epoch",
             max_t=config.max_epochs,
@@ -168,7 +171,21 @@ def tune_config(config: StudyConfig):
 def console_reporter(config: StudyConfig, progress):
     from search.console import ConsoleReporter
 
-    return ConsoleReporter(config.num_trials, config.max_epochs, config.searched, dict(config.fixed), progress)
+    return ConsoleReporter(
+        config.num_trials, config.max_epochs, config.searched, dict(config.fixed),
+        config.grace_period if config.uses_asha else None, progress,
+    )
+
+
+def stopped_early(config: StudyConfig):
+    """What ended a trial before its last epoch under the study's ASHA, from its last result (None without ASHA)."""
+    if not config.uses_asha:
+        return None
+    from functools import partial
+
+    from search.scheduler import early_stop_reason
+
+    return partial(early_stop_reason, grace_period=config.grace_period, max_epochs=config.max_epochs)
 
 
 def trial_result(outcome, runs, config: StudyConfig, device_share: float) -> results.TrialResult:
@@ -185,7 +202,10 @@ def trial_result(outcome, runs, config: StudyConfig, device_share: float) -> res
         run_id=run_id,
         baseline=is_baseline(trial_config, config.fixed),
         status=results.trial_status(metrics, errored=outcome.error is not None),
-        reason=metrics.get("stop_reason") or metrics.get("problem") or error_line(outcome.error),
+        reason=metrics.get("stop_reason")
+        or (stopped_early(config)(metrics) if config.uses_asha else None)
+        or metrics.get("problem")
+        or error_line(outcome.error),
         best_eval_pearson=float(best) if best is not None else math.nan,
         epochs_trained=int(metrics.get("epoch", 0)),
         device_hours=float(metrics.get("time_total_s", 0.0)) * device_share / 3600,

@@ -380,8 +380,10 @@ class MlflowTrialLogger(tune.Callback):
     decides what the baseline is); `params(config)` gives the params it logs.
     """
 
-    def __init__(self, runs: StudyRuns, describe_trial, params, parent_run_id: str | None = None):
+    def __init__(self, runs: StudyRuns, describe_trial, params, parent_run_id: str | None = None,
+                 stopped_early=None):
         self.runs = runs
+        self.stopped_early = stopped_early
         self.searched = parent_run_id is not None
         self.describe_trial = describe_trial
         self.params = params
@@ -441,7 +443,8 @@ class MlflowTrialLogger(tune.Callback):
             self.runs.log_metrics(run_id, {"system/artifact_logging_seconds": time.perf_counter() - started})
         last = trial.last_result or {}
         failed = bool(last.get("diverged"))
-        self.runs.finish_run(run_id, "FAILED" if failed else "FINISHED", last.get("stop_reason"))
+        reason = last.get("stop_reason") or (self.stopped_early(last) if self.stopped_early else None)
+        self.runs.finish_run(run_id, "FAILED" if failed else "FINISHED", reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.runs.finish_run(self.run_id(trial), "FAILED", f"error: {error_summary(trial)}")

@@ -496,3 +496,12 @@ def test_first_ctrl_c_asks_tune_to_stop_and_the_second_interrupts_at_once():
     finally:
         if child.poll() is None:
             child.kill()
+
+
+@pytest.mark.parametrize("best, status", [(0.31, "done"), (0.0, "no signal"), (-0.38, "no signal"), (math.nan, "no signal")])
+def test_a_trial_at_or_below_zero_correlation_has_no_signal_and_is_not_ranked(best, status):
+    from search.results import best_trial, trial_status
+
+    assert trial_status({"best_eval_pearson": best}, errored=False) == status
+    ranked = best_trial([trial("t", best, status)])
+    assert (ranked is not None) == (status == "done")

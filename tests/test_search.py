@@ -117,6 +117,25 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
     assert parent.data.metrics["compute_saved_fraction"] == pytest.approx(1 - compute.epochs_trained / 24)
     assert parent.data.metrics["asha_rung_4_trials"] == compute.rungs[4]
 
+    # Optuna learned the trials ASHA stopped as pruned, with their per-epoch scores, and the rest as complete.
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.scheduler import PrunedAwareOptunaSearch
+
+    searcher = ConcurrencyLimiter(PrunedAwareOptunaSearch(4), max_concurrent=2)
+    searcher.restore_from_dir(result.experiment_path)
+    import optuna
+
+    optuna_trials = searcher.searcher._ot_study.trials
+    assert len(optuna_trials) == 6
+    for state, epochs in ((optuna.trial.TrialState.PRUNED, lambda n: n < 4), (optuna.trial.TrialState.COMPLETE, lambda n: n == 4)):
+        assert sorted(len(t.intermediate_values) for t in optuna_trials if t.state == state) == sorted(
+            t.epochs_trained for t in trials if epochs(t.epochs_trained)
+        )
+    assert sorted(t.value for t in optuna_trials if t.state == optuna.trial.TrialState.COMPLETE) == pytest.approx(
+        sorted(t.best_eval_pearson for t in trials if t.epochs_trained == 4)
+    )
+
     # Optuna, ASHA and the table rank by one number: each trial's best eval Pearson so far.
     for trial in trials:
         history = [m.value for m in client.get_metric_history(trial.run_id, "eval_pearson")]
@@ -289,8 +308,8 @@ def test_asha_stops_a_poor_trial_early_but_never_the_baseline():
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-    from search.scheduler import BaselineKeepingASHA
     from search.baseline import baseline_config
+    from search.scheduler import StudyASHA
 
     fixed = {"epochs": 4, "seed": 0}
     asha = dict(time_attr="epoch", metric="search_score", mode="max", max_t=4, grace_period=1, reduction_factor=2)
@@ -313,5 +332,74 @@ def test_asha_stops_a_poor_trial_early_but_never_the_baseline():
 
     plain = decisions(ASHAScheduler(**asha))
     assert plain["baseline"] == plain["poor"] == TrialScheduler.STOP  # what ASHA alone would do
-    keeping = decisions(BaselineKeepingASHA(fixed, **asha))
+    keeping = decisions(StudyASHA(fixed, **asha))
     assert keeping == dict(plain, baseline=TrialScheduler.CONTINUE)
+
+
+def _decide(scheduler, results: list[tuple[str, dict, dict]]) -> dict:
+    """Feed (name, config changes, result) in order to a scheduler; each trial's decision at its result."""
+    from ray.tune.experiment import Trial
+
+    from search.baseline import baseline_config
+
+    base = dict(baseline_config({"epochs": 4, "seed": 0}), data_dir="data")
+    trials = {}
+    for name, changes, _ in results:
+        if name not in trials:
+            trials[name] = Trial("__fake", config=dict(base, **changes), stub=True)
+            scheduler.on_trial_add(None, trials[name])
+    return {name: scheduler.on_trial_result(None, trials[name], result) for name, _, result in results}
+
+
+def test_a_collapsed_baseline_never_lifts_a_worse_trial_over_a_rung():
+    """The seed's recipe at r -0.38 in the rung would lower the cut (to 0.06) and promote a trial at 0.1."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from search.scheduler import StudyASHA
+
+    asha = dict(time_attr="epoch", metric="search_score", mode="max", max_t=4, grace_period=1, reduction_factor=2)
+    results = [
+        ("baseline", {}, {"epoch": 1, "search_score": -0.38, "best_eval_pearson": -0.38}),
+        ("good", {"learning_rate": 0.002}, {"epoch": 1, "search_score": 0.5, "best_eval_pearson": 0.5}),
+        ("weak", {"learning_rate": 0.003}, {"epoch": 1, "search_score": 0.1, "best_eval_pearson": 0.1}),
+    ]
+    plain = _decide(ASHAScheduler(**asha), results)
+    assert plain["weak"] == TrialScheduler.CONTINUE  # lifted over the rung by the baseline's score
+    ours = _decide(StudyASHA({"epochs": 4, "seed": 0}, **asha), results)
+    assert ours == {"baseline": TrialScheduler.CONTINUE, "good": TrialScheduler.CONTINUE, "weak": TrialScheduler.STOP}
+
+
+@pytest.mark.parametrize("grace", [1, 2])
+def test_a_trial_without_signal_stops_at_its_grace_period_whatever_the_rung_holds(grace):
+    from ray.tune.schedulers import TrialScheduler
+
+    from search.scheduler import StudyASHA, early_stop_reason
+
+    asha = dict(time_attr="epoch", metric="search_score", mode="max", max_t=4, grace_period=grace, reduction_factor=2)
+    flat = {"epoch": grace, "search_score": -1.0, "best_eval_pearson": float("nan")}
+    negative = {"epoch": grace, "search_score": -0.12, "best_eval_pearson": -0.12}
+    zero = {"epoch": grace, "search_score": 0.0, "best_eval_pearson": 0.0}
+    early = {"epoch": grace - 1, "search_score": -1.0, "best_eval_pearson": float("nan")}
+    results = [
+        ("flat", {"learning_rate": 0.002}, flat),  # first in its rung: plain ASHA would keep it
+        ("negative", {"learning_rate": 0.003}, negative),
+        ("zero", {"learning_rate": 0.004}, zero),
+        ("baseline", {}, dict(flat)),
+    ]
+    if grace > 1:
+        results.insert(0, ("early", {"learning_rate": 0.005}, early))
+    decisions = _decide(StudyASHA({"epochs": 4, "seed": 0}, **asha), results)
+    assert decisions == {
+        **({"early": TrialScheduler.CONTINUE} if grace > 1 else {}),
+        "flat": TrialScheduler.STOP, "negative": TrialScheduler.STOP, "zero": TrialScheduler.STOP,
+        "baseline": TrialScheduler.CONTINUE,
+    }
+    assert early_stop_reason(flat, grace, 4) == (
+        f"stopped: no signal by epoch {grace}, its grace period (constant or non-finite predictions)"
+    )
+    assert early_stop_reason(negative, grace, 4).endswith("(best eval r -0.120 <= 0)")
+    assert early_stop_reason({"epoch": 2, "search_score": 0.4, "best_eval_pearson": 0.4}, 1, 4) == (
+        "stopped early by ASHA after epoch 2"
+    )
+    assert early_stop_reason({"epoch": 4, "search_score": -1.0}, 1, 4) is None  # it ran to the end
+    assert early_stop_reason({"epoch": 1, "search_score": -1.0, "diverged": 1}, 1, 4) is None
