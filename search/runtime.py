@@ -113,6 +113,7 @@ def trial_number(trial, searched: bool) -> int:
 
 
 def trial_config(trial) -> dict:
+    """A Ray trial's (or trial result's) config fields, without the data directory every trial shares."""
     return {k: v for k, v in (trial.config or {}).items() if k != "data_dir"}
 
 

@@ -146,10 +146,6 @@ class StudyConfig:
     def uses_asha(self) -> bool:
         return self.searched and self.scheduler == "asha"
 
-    @property
-    def ensemble_wanted(self) -> bool:
-        return self.searched and self.ensemble_size >= 2
-
 
 def default(name: str):
     """A `StudyConfig` field's default, for the command line's flags and help."""
@@ -200,11 +196,12 @@ def validate_study(config: StudyConfig) -> dict:
             f"--set {searched[0]}: '{searched[0]}' is searched by this study's space; a fixed value would be "
             "ignored. Narrow the space (--space FILE) instead, or drop the --set"
         )
+    trial = single_trial_config(config)
     try:
-        split_config(single_trial_config(config))
+        split_config(trial)
     except (ValueError, TypeError) as error:
         raise StudyError(f"--set/--config: the trial's config is invalid: {error}") from None
-    length = single_trial_config(config)["sequence_length"]
+    length = trial["sequence_length"]
     if "sequence_length" in (config.space or {}):
         raise StudyError(f"--space: sequence_length cannot be searched; trials train on the prepared {WINDOW_LENGTH} bp window")
     if length != WINDOW_LENGTH:

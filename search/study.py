@@ -40,7 +40,8 @@ def run_study(config: StudyConfig, progress=print) -> results.StudyResult:
     runs = tracking.StudyRuns(tracking_uri, config.experiment, config.name, data_dir, manifest)
     parent_run_id = runs.open_parent(study_params(config, gpus), space_spec(config.space)) if config.searched else None
     # On resume Ray restores the callbacks pickled with the tuner; they find their runs by tags.
-    logger = tracking.MlflowTrialLogger(runs, TrialNaming(config), trial_params, parent_run_id, stopped_early(config))
+    stop_reason = stopped_early(config)
+    logger = tracking.MlflowTrialLogger(runs, TrialNaming(config), trial_params, parent_run_id, stop_reason)
     trainable = tune.with_resources(_train_trial(), {"cpu": config.cpus_per_trial, "gpu": gpus})
     param_space = ray_param_space(config, data_dir)
     progress(report.header(config, gpus, tracking_uri))
@@ -69,7 +70,7 @@ def run_study(config: StudyConfig, progress=print) -> results.StudyResult:
         if interrupt.happened:
             raise KeyboardInterrupt(f"(state saved); continue it with --resume --name {config.name}")
         device_share = gpus if gpus > 0 else config.cpus_per_trial
-        trials = [trial_result(outcome, runs, config, device_share) for outcome in grid]
+        trials = [trial_result(outcome, runs, config, device_share, stop_reason) for outcome in grid]
         study = results.summarise(
             trials,
             observed=eval_targets(config.data_dir),
@@ -188,12 +189,17 @@ def stopped_early(config: StudyConfig):
     return partial(early_stop_reason, grace_period=config.grace_period, max_epochs=config.max_epochs)
 
 
-def trial_result(outcome, runs, config: StudyConfig, device_share: float) -> results.TrialResult:
-    """One of Ray's trial results as a `TrialResult`; device hours are GPU-hours (CPU-hours without GPUs)."""
+def trial_result(outcome, runs, config: StudyConfig, device_share: float, stop_reason) -> results.TrialResult:
+    """One of Ray's trial results as a `TrialResult`; device hours are GPU-hours (CPU-hours without GPUs).
+
+    `stop_reason` is `stopped_early(config)`: what ended a trial early under ASHA, or None without it.
+    """
     import math
 
+    from search.runtime import trial_config as config_of
+
     metrics = outcome.metrics or {}
-    trial_config = {k: v for k, v in (outcome.config or {}).items() if k != "data_dir"}
+    trial_config = config_of(outcome)
     trial_id = metrics.get("trial_id")
     run_id, model_logged = runs.trial_run(trial_id)
     best = metrics.get("best_eval_pearson", math.nan)
@@ -203,7 +209,7 @@ def trial_result(outcome, runs, config: StudyConfig, device_share: float) -> res
         baseline=is_baseline(trial_config, config.fixed),
         status=results.trial_status(metrics, errored=outcome.error is not None),
         reason=metrics.get("stop_reason")
-        or (stopped_early(config)(metrics) if config.uses_asha else None)
+        or (stop_reason(metrics) if stop_reason else None)
         or metrics.get("problem")
         or error_line(outcome.error),
         best_eval_pearson=float(best) if best is not None else math.nan,
