@@ -1,4 +1,4 @@
-"""Shuffled, shift-augmented batches of 85 bp windows, drawn without per-example Python."""
+"""Shuffled batches of the window a model reads, drawn without per-example Python."""
 
 from __future__ import annotations
 
@@ -6,24 +6,37 @@ import math
 
 import numpy as np
 
-from data_prep.encoding import SHIFTS, window
+from data_prep.encoding import SHIFTS, WINDOW_LENGTH, model_input
 
 
 class WindowBatches:
-    """One epoch of `(codes (b, 85) uint8, targets (b,) float32)` over `rows`.
+    """One epoch of `(codes (b, length) uint8, targets (b,) float32)` over `rows`.
 
     The epoch's order and per-example shifts come from `default_rng([seed, epoch])`,
     so an epoch is reproducible on any worker and after a resume. With `augment`,
-    each example's window moves by -1, 0 or +1 base (the seed's tripled data, drawn
-    on the fly instead of stored three times).
+    each example's 85 bp crop moves by -1, 0 or +1 base (the seed's tripled data,
+    drawn on the fly instead of stored three times); a padded window never moves.
+    With `singleton`, the inputs are `(codes, flags (b, 1) float32)`, a flag being 1
+    where the measured value is a whole number (DREAM's single-bin measurements).
     """
 
-    def __init__(self, codes, targets, rows, batch_size: int, seed: int = 0, augment: bool = True):
+    def __init__(
+        self,
+        codes,
+        targets,
+        rows,
+        batch_size: int,
+        seed: int = 0,
+        augment: bool = True,
+        length: int = WINDOW_LENGTH,
+        singleton: bool = False,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.codes, self.targets = codes, targets
         self.rows = np.asarray(rows)
-        self.batch_size, self.seed, self.augment = batch_size, seed, augment
+        self.batch_size, self.seed, self.length, self.singleton = batch_size, seed, length, singleton
+        self.augment = augment and length == WINDOW_LENGTH
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -37,9 +50,13 @@ class WindowBatches:
     def __len__(self) -> int:
         return math.ceil(len(self.rows) / self.batch_size)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(index)
         part = slice(index * self.batch_size, (index + 1) * self.batch_size)
         rows = self.order[part]
-        return window(self.codes, rows, self.shifts[part]), np.asarray(self.targets[rows], dtype=np.float32)
+        codes = model_input(self.codes, rows, self.length, self.shifts[part])
+        targets = np.asarray(self.targets[rows], dtype=np.float32)
+        if self.singleton:
+            return (codes, (targets == np.floor(targets)).astype(np.float32)[:, None]), targets
+        return codes, targets

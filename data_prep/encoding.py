@@ -1,9 +1,11 @@
-"""Base codes, the fixed 110-wide layout and the 85 bp training window.
+"""Base codes, the fixed 110-wide layout, and the windows models read.
 
 Sequences are stored as uint8 codes A,C,G,T,N -> 0..4 in a row of SEQUENCE_WIDTH,
 as the seed stored them (janggu's fixedlen=110): longer sequences are cut at the 3'
-end, shorter ones padded with N. The model sees positions 15..100; training shifts
-that window by -1, 0 or +1 base per example. One-hot happens late (here or in the
+end, shorter ones padded with N. Models read one of two windows (`model_input`
+picks by length): the seed's 85 bp crop, positions 15..100, which training shifts
+by -1, 0 or +1 base per example; or LegNet's whole sequence padded on its 5' side
+with the DREAM plasmid to a fixed length. One-hot happens late (here or in the
 model's first layer) so float32 one-hot never exists for a whole data set.
 """
 
@@ -18,6 +20,17 @@ SEQUENCE_WIDTH = 110
 WINDOW_START = 15
 WINDOW_LENGTH = 85
 SHIFTS = (-1, 0, 1)
+
+# The DREAM plasmid's 200 bases 5' of the random insert (data/plasmid.json in the
+# challenge organisers' repository, de-Boer-Lab/random-promoter-dream-challenge-2022).
+# Its last 17 are the constant 5' flank every DREAM sequence starts with.
+PLASMID_UPSTREAM = (
+    "CAAAAGAATAGACCGAGATAGGGTTGAGTGTTGTTCCAGTTTGGAACAAG"
+    "AGTCCACTATTAAAGAACGTGGACTCCAACGTCAAAGGGCGAAAAACCGT"
+    "CTATCAGGGCGATGGCCCACTACGTGAACCATCACCCTAATCAAGTGCTA"
+    "GCAGGAATGATGCAAAAGGTTCCCGATTCGAACTGCATTTTTTTCACATC"
+)
+FIVE_PRIME_FLANK = 17
 
 BASE_BYTES = np.frombuffer(BASES.encode(), dtype=np.uint8)
 
@@ -65,6 +78,34 @@ def window(codes: np.ndarray, rows: np.ndarray, shifts=0) -> np.ndarray:
     span = np.asarray(codes[rows, WINDOW_START + low : WINDOW_START + high + WINDOW_LENGTH])
     windows = np.lib.stride_tricks.sliding_window_view(span, WINDOW_LENGTH, axis=1)
     return windows[np.arange(len(rows)), shifts - low]
+
+
+def padded_window(codes: np.ndarray, rows: np.ndarray, length: int) -> np.ndarray:
+    """`codes[rows]` as LegNet reads them, `(len(rows), length)`: the plasmid, then the sequence, 3' ends aligned.
+
+    As Prix Fixe does: each sequence's first 17 bases (the constant 5' flank) give way
+    to the plasmid's own copy, and the plasmid upstream of it fills the window to
+    `length`, so every sequence ends at the window's end. A sequence's stored end is
+    its last base other than the N padding (a trailing N reads as padding).
+    """
+    if not SEQUENCE_WIDTH <= length <= len(PLASMID_UPSTREAM):
+        raise ValueError(f"a padded window is {SEQUENCE_WIDTH} to {len(PLASMID_UPSTREAM)} bases; got {length}")
+    rows = np.asarray(rows)
+    stored = np.asarray(codes[rows])
+    plasmid = CODE_OF_BYTE[np.frombuffer(PLASMID_UPSTREAM.encode(), dtype=np.uint8)]
+    joined = np.concatenate([np.broadcast_to(plasmid, (len(rows), plasmid.size)), stored[:, FIVE_PRIME_FLANK:]], axis=1)
+    not_padding = stored[:, ::-1] != N_CODE
+    ends = SEQUENCE_WIDTH - np.where(not_padding.any(axis=1), np.argmax(not_padding, axis=1), SEQUENCE_WIDTH)
+    stop = plasmid.size + np.maximum(ends - FIVE_PRIME_FLANK, 0)
+    columns = stop[:, None] - length + np.arange(length)
+    return np.take_along_axis(joined, columns, axis=1)
+
+
+def model_input(codes: np.ndarray, rows: np.ndarray, length: int, shifts=0) -> np.ndarray:
+    """The window of `length` a model reads: the 85 bp crop (moved by `shifts`) or the plasmid-padded sequence."""
+    if length == WINDOW_LENGTH:
+        return window(codes, rows, shifts)
+    return padded_window(codes, rows, length)
 
 
 def one_hot(codes: np.ndarray) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""Validated, frozen configs for the mini-Enformer and its training.
+"""Validated, frozen configs: each model family's architecture, the input and output ingredients, training.
 
 The search space names fields of these configs, so a trial's parameters are
 just a config: every check runs at construction, and every message says which
-field is wrong, the value received and what is allowed.
+field is wrong, the value received and what is allowed. A trial's flat config
+(what Ray, Optuna, `--set` and MLflow speak) becomes a `TrialConfig` here, and
+only here; the family it names decides which architecture config applies.
 """
 
 from __future__ import annotations
@@ -11,6 +13,18 @@ import dataclasses
 from typing import Any, ClassVar
 
 POOLINGS = ("max", "average")
+# The model families, the seed's first (the default and the baseline's).
+FAMILIES = ("mini_enformer", "legnet")
+# "crop": the seed's 85 bp window of the stored 110; "plasmid": the whole stored
+# sequence padded on its 5' side with the plasmid to `padded_length` (LegNet's input).
+INPUT_WINDOWS = ("crop", "plasmid")
+CROP_LENGTH = 85
+# The padded window holds the whole stored sequence (110 bases) and at most the plasmid
+# flank that data_prep.encoding carries.
+PADDED_LENGTHS = (110, 200)
+# "poisson": one value trained with the Poisson loss (the seed's); "bins": softmax over
+# expression bins trained with soft-label KL, predicting their expectation (LegNet's).
+OUTPUT_HEADS = ("poisson", "bins")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "one_cycle", "warmup_cosine")
 
@@ -81,12 +95,7 @@ class _Config:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(_Config):
-    """Architecture knobs of the mini-Enformer; defaults are the seed's 192/5/4/4.
-
-    `rc_augment` lives here, not in TrainConfig, because it changes the saved model:
-    training sees each example on a random strand, and the evaluated and served
-    model averages both strands (model.strand).
-    """
+    """Architecture knobs of the mini-Enformer; defaults are the seed's 192/5/4/4."""
 
     channels: int = 192
     stem_width: int = 5
@@ -100,8 +109,6 @@ class ModelConfig(_Config):
     transformer_dropout: float = 0.4
     final_dropout: float = 0.05
     pooling: str = "max"
-    sequence_length: int = 85
-    rc_augment: bool = False
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -113,7 +120,6 @@ class ModelConfig(_Config):
             "num_heads",
             "key_size",
             "tower_blocks",
-            "sequence_length",
         ):
             _check_int(name, field, getattr(self, field))
         for field in (
@@ -124,7 +130,6 @@ class ModelConfig(_Config):
         ):
             _check_fraction(name, field, getattr(self, field))
         _check_choice(name, "pooling", self.pooling, POOLINGS)
-        _check_bool(name, "rc_augment", self.rc_augment)
         if self.channels % 4:
             raise ValueError(
                 f"{name}.channels must be divisible by 4 (the stem has channels/4 "
@@ -143,6 +148,114 @@ class ModelConfig(_Config):
                 f"{self.channels // self.num_heads}. Use channels that are a multiple "
                 f"of {RELATIVE_POSITION_COMPONENTS * self.num_heads}."
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class LegNetConfig(_Config):
+    """Architecture knobs of LegNet (model.legnet); defaults are Prix Fixe's DREAM configuration.
+
+    `block_channels` is each core block's output width; a block's input width is the
+    previous block's output (the stem's for the first). A list (from YAML or JSON) is
+    stored as a tuple. The input's length and channels and the number of output bins
+    are the ingredients' (`InputConfig`), shared with every family.
+    """
+
+    stem_channels: int = 256
+    stem_kernel: int = 7
+    block_channels: tuple[int, ...] = (128, 128, 64, 64, 64, 64)
+    expansion: int = 4
+    kernel_width: int = 7
+    filters_per_group: int = 2
+    se_reduction: int = 4
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for field in ("stem_channels", "stem_kernel", "expansion", "kernel_width", "filters_per_group", "se_reduction"):
+            _check_int(name, field, getattr(self, field))
+        if isinstance(self.block_channels, list):
+            object.__setattr__(self, "block_channels", tuple(self.block_channels))
+        channels = self.block_channels
+        if not (isinstance(channels, tuple) and channels and all(is_int(c) and c >= 1 for c in channels)):
+            raise ValueError(
+                f"{name}.block_channels must be a non-empty list of integers >= 1; got {channels!r}."
+            )
+        ungroupable = [c for c in channels if (self.expansion * c) % self.filters_per_group]
+        if ungroupable:
+            raise ValueError(
+                f"{name}: expansion * each of block_channels must be divisible by filters_per_group "
+                f"(the grouped convolution's groups); got expansion={self.expansion}, "
+                f"filters_per_group={self.filters_per_group}, block_channels {ungroupable} do not divide."
+            )
+        narrowest = min((self.stem_channels, *channels[:-1]))
+        if narrowest < self.se_reduction:
+            raise ValueError(
+                f"{name}: squeeze-and-excitation narrows each block's input width by se_reduction, so "
+                f"stem_channels and every block_channels entry but the last must be >= se_reduction; "
+                f"got se_reduction={self.se_reduction} and a width of {narrowest}."
+            )
+
+
+# Each family's architecture config, by the name `model_family` takes.
+FAMILY_CONFIGS = {"mini_enformer": ModelConfig, "legnet": LegNetConfig}
+
+
+def family_of(architecture) -> str:
+    """The family an architecture config belongs to."""
+    return next(name for name, cls in FAMILY_CONFIGS.items() if type(architecture) is cls)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig(_Config):
+    """The ingredients every family can take; defaults are the seed's (85 bp crop, one strand, Poisson).
+
+    They change the saved model, so they are not training settings:
+    - `input_window`: "crop" (85 bp, shifted by -1/0/+1 in training) or "plasmid"
+      (the whole stored sequence, 5'-padded with the plasmid to `padded_length`).
+    - `rc_augment`: train on a random strand, predict the mean of both (model.strand).
+    - `strand_channel`: an input channel marking the reverse-complement strand; implies
+      reverse-complement training and averaging.
+    - `singleton_channel`: an input channel set to 1 for training examples whose
+      measured value is a whole number (DREAM's single-bin measurements), 0 otherwise
+      and always 0 at prediction.
+    - `output_head`: "poisson" or "bins" (`num_bins` bins, model.bins).
+    """
+
+    input_window: str = "crop"
+    padded_length: int = 150
+    rc_augment: bool = False
+    strand_channel: bool = False
+    singleton_channel: bool = False
+    output_head: str = "poisson"
+    num_bins: int = 18
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_choice(name, "input_window", self.input_window, INPUT_WINDOWS)
+        _check_int(name, "padded_length", self.padded_length)
+        low, high = PADDED_LENGTHS
+        if not low <= self.padded_length <= high:
+            raise ValueError(
+                f"{name}.padded_length must be in [{low}, {high}] (the whole stored sequence, at most the "
+                f"plasmid flank carried); got {self.padded_length}."
+            )
+        for field in ("rc_augment", "strand_channel", "singleton_channel"):
+            _check_bool(name, field, getattr(self, field))
+        _check_choice(name, "output_head", self.output_head, OUTPUT_HEADS)
+        _check_int(name, "num_bins", self.num_bins, minimum=2)
+
+    @property
+    def length(self) -> int:
+        """Bases the model reads per sequence."""
+        return CROP_LENGTH if self.input_window == "crop" else self.padded_length
+
+    @property
+    def channels(self) -> int:
+        """Input channels of the family's network: one-hot, then strand, then singleton."""
+        return 4 + int(self.strand_channel) + int(self.singleton_channel)
+
+    @property
+    def both_strands(self) -> bool:
+        return self.rc_augment or self.strand_channel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,20 +311,75 @@ class TrainConfig(_Config):
                 )
 
 
-def split_config(flat: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-    """Split one flat mapping (a trial's config, a set of overrides) between the two configs.
+# LegNet's published recipe (legnet.md): its ingredients and training, beside its
+# architecture defaults. The study's LegNet reference trial is exactly this.
+LEGNET_RECIPE = {
+    "model_family": "legnet",
+    "input_window": "plasmid",
+    "padded_length": 150,
+    "rc_augment": True,
+    "strand_channel": True,
+    "singleton_channel": True,
+    "output_head": "bins",
+    "num_bins": 18,
+    "optimizer": "adamw",
+    "weight_decay": 0.01,
+    "lr_schedule": "one_cycle",
+    "learning_rate": 0.005,
+    "warmup_fraction": 0.3,
+    "batch_size": 1024,
+}
 
-    Trials, search spaces and `--set` all speak in flat field names; unknown keys
-    raise rather than being dropped.
+
+@dataclasses.dataclass(frozen=True)
+class TrialConfig:
+    """One trial's whole configuration: a family's architecture, the ingredients, the training."""
+
+    architecture: ModelConfig | LegNetConfig
+    inputs: InputConfig
+    train: TrainConfig
+
+    @property
+    def family(self) -> str:
+        return family_of(self.architecture)
+
+    def to_flat(self) -> dict[str, Any]:
+        """Every resolved field, defaults included, under `model_family`: a run's params."""
+        return {
+            "model_family": self.family,
+            **self.architecture.to_dict(),
+            **self.inputs.to_dict(),
+            **self.train.to_dict(),
+        }
+
+
+def family_fields() -> dict[str, str]:
+    """Each architecture field's family. No two families share a field name, so a flat
+    config (and a search space over families) never leaves one ambiguous."""
+    return {field: family for family, cls in FAMILY_CONFIGS.items() for field in cls.fields()}
+
+
+def split_config(flat: dict[str, Any]) -> TrialConfig:
+    """Split one flat mapping (a trial's config, a set of overrides) into a `TrialConfig`.
+
+    `model_family` (default the mini-Enformer) picks the architecture config. Fields of
+    another family's architecture are not this trial's and are left out (a study's
+    `--set channels=96` is for its mini-Enformer trials); keys no config has raise.
     """
-    model_fields, train_fields = set(ModelConfig.fields()), set(TrainConfig.fields())
-    unknown = set(flat) - model_fields - train_fields
+    family = flat.get("model_family", FAMILIES[0])
+    _check_choice("TrialConfig", "model_family", family, FAMILIES)
+    architecture_cls = FAMILY_CONFIGS[family]
+    own = set(architecture_cls.fields())
+    others = set(family_fields()) - own
+    input_fields, train_fields = set(InputConfig.fields()), set(TrainConfig.fields())
+    unknown = set(flat) - own - others - input_fields - train_fields - {"model_family"}
     if unknown:
         raise ValueError(
-            f"unknown config keys {sorted(unknown)}; allowed: model fields "
-            f"{sorted(model_fields)} and train fields {sorted(train_fields)}"
+            f"unknown config keys {sorted(unknown)}; allowed: model_family, {family} fields "
+            f"{sorted(own)}, input fields {sorted(input_fields)} and train fields {sorted(train_fields)}"
         )
-    return (
-        ModelConfig.from_dict({k: v for k, v in flat.items() if k in model_fields}),
-        TrainConfig.from_dict({k: v for k, v in flat.items() if k in train_fields}),
+    return TrialConfig(
+        architecture=architecture_cls.from_dict({k: v for k, v in flat.items() if k in own}),
+        inputs=InputConfig.from_dict({k: v for k, v in flat.items() if k in input_fields}),
+        train=TrainConfig.from_dict({k: v for k, v in flat.items() if k in train_fields}),
     )

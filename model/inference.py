@@ -1,6 +1,7 @@
 """Predict expression from 110-wide base codes, in batches, with the training-time window.
 
-Training evaluates the unshifted 85 bp window (shift 0), so prediction does too.
+A model's input length says which window it reads (data_prep.encoding.model_input):
+the unshifted 85 bp crop, as training evaluates it, or the plasmid-padded sequence.
 Both saved forms of the model are accepted: the core model (float one-hot input,
 what trials save and serve) and the training model (uint8 codes input).
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from data_prep.encoding import WINDOW_LENGTH, one_hot, window
+from data_prep.encoding import PLASMID_UPSTREAM, SEQUENCE_WIDTH, WINDOW_LENGTH, model_input, one_hot
 
 if TYPE_CHECKING:
     import keras
@@ -38,17 +39,20 @@ def predict_codes(
     """Float32 predictions `(n,)` for codes `(n, 110)`, in input order."""
     check_batch_size(batch_size)
     input_shape = tuple(model.input_shape)
-    if input_shape[1] != WINDOW_LENGTH or len(input_shape) not in (2, 3):
+    length = input_shape[1] if isinstance(input_shape[1], int) else None
+    if len(input_shape) not in (2, 3) or not (
+        length == WINDOW_LENGTH or length is not None and SEQUENCE_WIDTH <= length <= len(PLASMID_UPSTREAM)
+    ):
         raise ValueError(
-            f"the model must take ({WINDOW_LENGTH},) base codes or ({WINDOW_LENGTH}, 4) one-hot per sequence; "
-            f"its input shape is {input_shape}"
+            f"the model must take (L,) base codes or (L, 4) one-hot per sequence, L being {WINDOW_LENGTH} (the crop) "
+            f"or {SEQUENCE_WIDTH} to {len(PLASMID_UPSTREAM)} (the plasmid-padded sequence); its input shape is {input_shape}"
         )
     takes_one_hot = len(input_shape) == 3
     codes = np.asarray(codes)
     predictions = np.empty(len(codes), dtype=np.float32)
     for start in range(0, len(codes), batch_size):
         rows = np.arange(start, min(start + batch_size, len(codes)))
-        inputs = window(codes, rows, 0)
+        inputs = model_input(codes, rows, length)
         if takes_one_hot:
             inputs = one_hot(inputs)
         predictions[rows] = np.asarray(model.predict_on_batch(inputs), dtype=np.float32).reshape(-1)

@@ -1,13 +1,12 @@
 """Keras input pipeline over data_prep's window batches.
 
-The host ships uint8 base codes (85 bytes a sample); the training model one-hots
+The host ships uint8 base codes (a byte per base of the window); the training model one-hots
 them in its first layer, so float32 one-hot never exists for the whole data set.
 """
 
 from __future__ import annotations
 
 import keras
-import numpy as np
 
 from data_prep.batches import WindowBatches
 
@@ -17,7 +16,7 @@ PREFETCH_BATCHES = 8
 
 
 class CodeBatches(keras.utils.PyDataset):
-    """One epoch of `(codes (b, 85) uint8, targets (b,) float32)` batches.
+    """One epoch of `(codes (b, length) uint8 [with singleton flags], targets (b,) float32)` batches.
 
     `set_epoch` picks the epoch's order and shifts, derived from (seed, epoch), so a
     resumed trial replays an epoch exactly without saving a generator state. Fit it
@@ -38,7 +37,7 @@ class CodeBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int):
         return self.batches[index]
 
     def set_epoch(self, epoch: int) -> None:

@@ -1,11 +1,11 @@
 """The seed's mini-Enformer: stem -> conv_tower -> transformer -> final_pointwise -> head.
 
 Each part is a named functional sub-model, so its parameters can be counted
-and its weights found under the paper's name. The core model takes float
-one-hot (batch, sequence_length, 4), the serving signature, and returns
-(batch, 1) float32 expression after softplus (rank 2 so Keras losses and
-`predict` need no reshaping). The training model puts `BaseOneHot` in front so
-the input pipeline ships uint8 base codes.
+and its weights found under the paper's name. The network takes float
+(batch, length, channels), one-hot plus any channels the ingredients add, and
+returns (batch, 1) float32 expression after softplus (rank 2 so Keras losses and
+`predict` need no reshaping), or bin probabilities with the bins head.
+model.families builds the training and serving models around it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from typing import Callable
 import keras
 import numpy as np
 
-from model.config import ModelConfig
-from model.layers import NUM_BASES, BaseOneHot, RelativeMultiHeadAttention
-from model.strand import strand_averaged
+from model.config import InputConfig, ModelConfig
+from model.layers import RelativeMultiHeadAttention
 
 CORE_NAME = "mini_enformer"
 TOWER_DIVISIBLE_BY = 32
@@ -142,38 +141,24 @@ def final_pointwise(config: ModelConfig, input_shape: tuple) -> keras.Model:
     return keras.Model(inputs, x, name="final_pointwise")
 
 
-def head(config: ModelConfig, input_shape: tuple) -> keras.Model:
-    """Flatten -> Dense 1 -> softplus, kept float32 so mixed precision never rounds the prediction."""
+def head(outputs: int, activation: str, input_shape: tuple) -> keras.Model:
+    """Flatten -> Dense -> softplus (1 value) or softmax (bins), float32 so mixed precision never rounds it."""
     inputs = keras.Input(input_shape)
     x = keras.layers.Flatten()(inputs)
-    x = keras.layers.Dense(1, kernel_initializer=_fan_in_truncated_normal(), dtype="float32")(x)
-    x = keras.layers.Activation("softplus", dtype="float32")(x)
+    x = keras.layers.Dense(outputs, kernel_initializer=_fan_in_truncated_normal(), dtype="float32")(x)
+    x = keras.layers.Activation(activation, dtype="float32")(x)
     return keras.Model(inputs, x, name="head")
 
 
-PARTS = (stem, conv_tower, transformer, final_pointwise, head)
+PARTS = (stem, conv_tower, transformer, final_pointwise)
 
 
-def build_model(config: ModelConfig) -> keras.Model:
-    """The core model: float one-hot (batch, L, 4) -> (batch, 1) float32; save and serve this one.
-
-    With `rc_augment` it is wrapped so it averages both strands (model.strand).
-    """
-    inputs = keras.Input((config.sequence_length, NUM_BASES), dtype="float32", name="one_hot")
-    x = inputs
+def build_network(config: ModelConfig, inputs: InputConfig) -> keras.Model:
+    """(batch, inputs.length, inputs.channels) float32 -> (batch, 1) expression, or bin probabilities."""
+    sequence = keras.Input((inputs.length, inputs.channels), dtype="float32", name="one_hot")
+    x = sequence
     for part in PARTS:
         x = part(config, tuple(x.shape[1:]))(x)
-    core = keras.Model(inputs, x, name=CORE_NAME)
-    return strand_averaged(core) if config.rc_augment else core
-
-
-def build_training_model(config: ModelConfig) -> keras.Model:
-    """uint8 base codes (batch, L) -> BaseOneHot -> the core model (shared weights)."""
-    codes = keras.Input((config.sequence_length,), dtype="uint8", name="codes")
-    outputs = build_model(config)(BaseOneHot(name="base_one_hot")(codes))
-    return keras.Model(codes, outputs, name=f"{CORE_NAME}_training")
-
-
-def core_model(training_model: keras.Model) -> keras.Model:
-    """The core model inside a training model, for saving and serving."""
-    return training_model.get_layer(CORE_NAME)
+    bins = inputs.output_head == "bins"
+    x = head(inputs.num_bins if bins else 1, "softmax" if bins else "softplus", tuple(x.shape[1:]))(x)
+    return keras.Model(sequence, x, name=CORE_NAME)

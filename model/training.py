@@ -12,6 +12,7 @@ import math
 import keras
 from keras import ops
 
+from model.bins import soft_bin_kl_loss
 from model.config import TrainConfig
 from model.devices import resolve_jit_compile, resolve_mixed_precision
 from model.metrics import POISSON_EPSILON
@@ -28,6 +29,9 @@ def poisson_loss(y_true, y_pred):
     y_pred = ops.reshape(ops.cast(y_pred, "float32"), (-1,))
     return ops.mean(y_pred - y_true * ops.log(y_pred + POISSON_EPSILON))
 
+
+# Each output head's loss (InputConfig.output_head).
+LOSSES = {"poisson": poisson_loss, "bins": soft_bin_kl_loss}
 
 # One-cycle's start and end rates as fractions of the peak: PyTorch's OneCycleLR
 # defaults (div_factor 25, final_div_factor 1e4), which the challenge's winners kept.
@@ -115,14 +119,16 @@ def make_optimizer(train: TrainConfig, steps_per_epoch: int | None = None) -> ke
     return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=train.weight_decay)
 
 
-def compile_for_training(model: keras.Model, train: TrainConfig, steps_per_epoch: int | None = None) -> keras.Model:
-    """Compile with the seed's loss; training, evaluation and predict steps all get XLA or none.
+def compile_for_training(
+    model: keras.Model, train: TrainConfig, steps_per_epoch: int | None = None, output_head: str = "poisson"
+) -> keras.Model:
+    """Compile with the output head's loss; training, evaluation and predict steps all get XLA or none.
 
     `steps_per_epoch` (optimizer steps in one epoch) is needed by every schedule but
-    "constant".
+    "constant". `output_head` is `InputConfig.output_head`.
     """
     jit_compile = resolve_jit_compile(train.jit_compile)
-    model.compile(optimizer=make_optimizer(train, steps_per_epoch), loss=poisson_loss, jit_compile=jit_compile)
+    model.compile(optimizer=make_optimizer(train, steps_per_epoch), loss=LOSSES[output_head], jit_compile=jit_compile)
     return model
 
 

@@ -1,7 +1,11 @@
-"""The baseline, defined once: the seed's configuration with the study's fixed fields.
+"""The study's reference trials, defined once: the seed's baseline and the published LegNet.
 
-A trial is the baseline exactly when its config equals it (execution settings aside);
-the search starts from it, ASHA never stops it, and trial runs are named against it.
+The baseline is the seed's configuration with the study's fixed fields; the LegNet
+reference is the challenge winner with its own recipe (model.config.LEGNET_RECIPE)
+and the study's fixed fields that its recipe leaves open (epochs, seed). A trial is a
+reference exactly when its config equals one (execution settings aside); the search
+starts from the baseline, ASHA never stops a reference, and trial runs are named
+against them.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ EXECUTION_FIELDS = ("jit_compile", "mixed_precision")
 
 
 def seed_config() -> dict:
-    """The seed's full configuration: every field of ModelConfig and TrainConfig at its default."""
-    from model import ModelConfig, TrainConfig
+    """The seed's full configuration: the mini-Enformer, the seed's ingredients and recipe, every field at its default."""
+    from model import split_config
 
-    return {**ModelConfig().to_dict(), **TrainConfig().to_dict()}
+    return split_config({}).to_flat()
 
 
 def baseline_config(fixed: dict) -> dict:
@@ -29,19 +33,38 @@ def baseline_config(fixed: dict) -> dict:
     return {**seed_config(), **fixed}
 
 
+def legnet_reference(fixed: dict) -> dict:
+    """The published LegNet as the study runs it: its recipe over the study's fixed fields."""
+    from model import LEGNET_RECIPE
+
+    return {**fixed, **LEGNET_RECIPE}
+
+
+# The reference trials by the name their runs carry, each from the study's fixed fields.
+REFERENCES = {"baseline": baseline_config, "legnet": legnet_reference}
+
+
 def is_baseline(config: dict, fixed: dict) -> bool:
     """Whether a trial's config (defaults filled in) is the study's baseline; XLA and precision aside."""
     return not changed_fields(config, fixed)
 
 
+def reference_of(config: dict, fixed: dict) -> str | None:
+    """Which reference trial a config is ("baseline", "legnet"), or None for a searched trial."""
+    return next((name for name, reference in REFERENCES.items() if not _differences(config, reference(fixed))), None)
+
+
 def changed_fields(config: dict, fixed: dict) -> dict:
     """The fields where a trial's config differs from the study's baseline, execution settings aside."""
-    baseline = baseline_config(fixed)
-    return {
-        key: value
-        for key, value in {**seed_config(), **config}.items()
-        if key not in EXECUTION_FIELDS and baseline.get(key) != value
-    }
+    return _differences(config, baseline_config(fixed))
+
+
+def _differences(config: dict, reference: dict) -> dict:
+    """Resolved fields (defaults filled in, other families' fields left out) where `config` differs from `reference`."""
+    from model import split_config
+
+    resolved, wanted = split_config(config).to_flat(), split_config(reference).to_flat()
+    return {key: value for key, value in resolved.items() if key not in EXECUTION_FIELDS and wanted.get(key) != value}
 
 
 
@@ -54,9 +77,12 @@ class TrialNaming:
         self.derived_from = config.derived_from
 
     def __call__(self, trial_config: dict, number: int) -> tuple[str, dict]:
-        if is_baseline(trial_config, self.fixed):
+        reference = reference_of(trial_config, self.fixed)
+        if reference == "baseline":
             return "baseline", {"baseline": "true", "run_kind": "baseline", "trial_number": str(number)}
         tags = {"baseline": "false", "trial_number": str(number)}
+        if reference == "legnet":
+            return "legnet-reference", {**tags, "run_kind": "reference", "reference": "legnet"}
         if self.search:
             return f"trial-{number}", {**tags, "run_kind": "search_trial"}
         if self.derived_from:
@@ -70,10 +96,9 @@ class TrialNaming:
 
 
 def trial_params(trial_config: dict) -> dict:
-    """Every resolved field of the model and training config, defaults included: the same keys for every run."""
+    """Every resolved field of the trial's family, ingredients and training, defaults included."""
     from model import split_config
 
-    model_config, train_config = split_config({**baseline_config({}), **trial_config})
-    return {**model_config.to_dict(), **train_config.to_dict()}
+    return split_config(trial_config).to_flat()
 
 

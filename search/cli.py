@@ -163,6 +163,7 @@ def search_config(args, data_dir: Path, space: dict):
         reduction_factor=args.reduction_factor,
         register_as=args.register_as,
         ensemble_size=args.ensemble_size,
+        legnet_reference=not args.no_legnet_reference,
     )
 
 
@@ -424,7 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--space",
         help="'extended' (adds optimizer, schedule, weight decay, batch size, dropouts, reverse-complement "
-        "averaging) or a search space file (.yaml or .toml); default: the seed's five dimensions",
+        "averaging), 'families' (the mini-Enformer or LegNet, each with its own knobs, and the winners' "
+        "ingredients for either) or a search space file (.yaml or .toml); default: the seed's five dimensions",
+    )
+    search.add_argument(
+        "--no-legnet-reference",
+        action="store_true",
+        help="skip the reference trial that trains the challenge winner, LegNet, with its published recipe "
+        "beside the baseline (it is not counted in --num-trials and is never stopped early)",
     )
     search.add_argument(
         "--num-trials", type=int,

@@ -13,7 +13,7 @@ import time
 
 from ray import tune
 
-from search.baseline import is_baseline
+from search.baseline import reference_of
 from search.runtime import error_summary, trial_config, trial_number
 from search.scheduler import early_stop_reason
 
@@ -60,8 +60,9 @@ class ConsoleReporter(tune.Callback):
         self.started = time.monotonic()
 
     def _label(self, trial) -> str:
-        baseline = " [baseline]" if is_baseline(trial_config(trial), self.fixed) else ""
-        return f"trial {trial_number(trial, self.searched)}/{self.num_trials}{baseline}"
+        reference = reference_of(trial_config(trial), self.fixed)
+        tag = {"baseline": " [baseline]", "legnet": " [LegNet reference]"}.get(reference, "")
+        return f"trial {trial_number(trial, self.searched)}/{self.num_trials}{tag}"
 
     def _time_left(self, trials) -> float:
         if not self.epoch_seconds:

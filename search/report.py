@@ -13,6 +13,8 @@ def header(config, gpus: float, tracking_uri: str) -> str:
     from search.settings import experiment_path
 
     kind = f"search of {config.num_trials} trials" if config.searched else "one trial"
+    if config.references:
+        kind += " and the LegNet reference"
     schedule = f", {config.scheduler} scheduler" if config.searched else ""
     concurrency = f", at most {config.max_concurrent} at once" if config.max_concurrent else ""
     return (
@@ -38,28 +40,40 @@ def _interval(figures: Interval | None, signed: bool = False) -> str:
 
 
 def trial_table(result: StudyResult, top: int = 10) -> list[str]:
-    """Top trials against the baseline and the k-mer reference, with bootstrap 95 % intervals.
+    """Top trials against the baseline, the LegNet reference (when run) and the k-mer reference, with bootstrap 95 % intervals.
 
-    "vs baseline" and "vs k-mer" are paired differences of eval Pearson on the same
-    resampled evaluation rows: an interval above zero is a better model on this split.
-    Failed trials come last with their reason; trials beyond `top` are counted.
+    "vs baseline", "vs LegNet" and "vs k-mer" are paired differences of eval Pearson on
+    the same resampled evaluation rows: an interval above zero is a better model on this
+    split. Failed trials come last with their reason; trials beyond `top` are counted.
+    The references always show, ranked among the others or below the top.
     """
+    legnet = result.legnet is not None
     lines = [
         f"{'rank':>4}  {'trial':<12} {'eval r [95% CI]':<24} {'vs baseline [95% CI]':<26} "
-        f"{'vs k-mer [95% CI]':<26} {'epochs':>6} {'hours':>7}  status     config"
+        + (f"{'vs LegNet [95% CI]':<26} " if legnet else "")
+        + f"{'vs k-mer [95% CI]':<26} {'epochs':>6} {'hours':>7}  status     config"
     ]
-    for rank, trial in enumerate(result.trials[:top], start=1):
+    shown = [
+        (rank, trial)
+        for rank, trial in enumerate(result.trials, start=1)
+        if rank <= top or trial.baseline or trial.legnet_reference
+    ]
+    for rank, trial in shown:
         config = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.searched.items())
         shown_rank = str(rank) if trial.rankable else "-"
         reason = f"  ({trial.reason})" if trial.status != "done" and trial.reason else ""
         pearson = _interval(trial.interval) if trial.interval else f"{trial.best_eval_pearson:.3f}"
+        tag = "[baseline] " if trial.baseline else "[LegNet reference] " if trial.legnet_reference else ""
         lines.append(
             f"{shown_rank:>4}  {(trial.trial_id or '?'):<12} {pearson:<24} "
-            f"{_interval(trial.vs_baseline, signed=True):<26} {_interval(trial.vs_kmer, signed=True):<26} "
+            f"{_interval(trial.vs_baseline, signed=True):<26} "
+            + (f"{_interval(trial.vs_legnet, signed=True):<26} " if legnet else "")
+            + f"{_interval(trial.vs_kmer, signed=True):<26} "
             f"{trial.epochs_trained:>6} {trial.device_hours:>7.3f}  "
-            f"{trial.status:<9}  {'[baseline] ' if trial.baseline else ''}{config}{reason}"
+            f"{trial.status:<9}  {tag}{'' if trial.legnet_reference else config}{reason}"
         )
-    left_out = result.trials[top:]
+    shown_ranks = {rank for rank, _ in shown}
+    left_out = [trial for rank, trial in enumerate(result.trials, start=1) if rank not in shown_ranks]
     if left_out:
         failed = sum(trial.status != "done" for trial in left_out)
         lines.append(

@@ -57,6 +57,8 @@ class TrialResult:
     interval: Interval | None = None
     vs_baseline: Interval | None = None
     vs_kmer: Interval | None = None
+    legnet_reference: bool = False
+    vs_legnet: Interval | None = None
     predicted: np.ndarray | None = field(default=None, repr=False, compare=False)
     checkpoint: object = field(default=None, repr=False, compare=False)
 
@@ -69,7 +71,7 @@ class TrialResult:
         """Its row of the study's trials.csv."""
         figures = {
             f"{name}_{key}": getattr(getattr(self, name), key)
-            for name in ("interval", "vs_baseline", "vs_kmer")
+            for name in ("interval", "vs_baseline", "vs_legnet", "vs_kmer")
             if getattr(self, name) is not None
             for key in ("estimate", "low", "high")
         }
@@ -77,6 +79,7 @@ class TrialResult:
             "trial_id": self.trial_id,
             "run_id": self.run_id,
             "baseline": self.baseline,
+            "legnet_reference": self.legnet_reference,
             "best_eval_pearson": self.best_eval_pearson,
             "epochs_trained": self.epochs_trained,
             "device_hours": self.device_hours,
@@ -156,6 +159,11 @@ class StudyResult:
     def baseline(self) -> TrialResult | None:
         return next((trial for trial in self.trials if trial.baseline), None)
 
+    @property
+    def legnet(self) -> TrialResult | None:
+        """The LegNet reference trial, when the study ran one."""
+        return next((trial for trial in self.trials if trial.legnet_reference), None)
+
     def table_rows(self) -> list[dict]:
         return [trial.table_row() for trial in self.trials]
 
@@ -202,13 +210,14 @@ def compute_spent(trials, max_epochs: int, rungs: list[int] | None) -> Compute:
 
 
 def with_intervals(trials, observed: np.ndarray, kmer_predicted: np.ndarray) -> tuple[TrialResult, ...]:
-    """Each scored trial with its eval Pearson's interval and its paired differences to the baseline and the k-mer
-    reference (the same resampled rows for all, fixed seed)."""
+    """Each scored trial with its eval Pearson's interval and its paired differences to the baseline, the LegNet
+    reference and the k-mer reference (the same resampled rows for all, fixed seed)."""
     from dataclasses import replace
 
     from model.metrics import paired_pearson_difference, pearson_interval
 
     baseline = next((t for t in trials if t.baseline and t.predicted is not None), None)
+    legnet = next((t for t in trials if t.legnet_reference and t.predicted is not None), None)
     scored = []
     for trial in trials:
         if trial.predicted is None or not math.isfinite(trial.best_eval_pearson):
@@ -221,6 +230,9 @@ def with_intervals(trials, observed: np.ndarray, kmer_predicted: np.ndarray) -> 
                 vs_kmer=Interval.of(paired_pearson_difference(observed, trial.predicted, kmer_predicted)),
                 vs_baseline=Interval.of(paired_pearson_difference(observed, trial.predicted, baseline.predicted))
                 if baseline is not None
+                else None,
+                vs_legnet=Interval.of(paired_pearson_difference(observed, trial.predicted, legnet.predicted))
+                if legnet is not None
                 else None,
             )
         )

@@ -1,11 +1,16 @@
 """How a study stops trials early, and what Optuna learns from the stopped ones.
 
 `StudyASHA` is ASHA with two rules of the study's own:
-- the baseline trains all its epochs and stays out of the rungs: every "vs baseline"
-  figure is against its best epoch, and the seed's recipe, which often collapses on real
-  data, neither lifts a worse trial over a rung nor pushes a better one out;
+- the reference trials (the baseline and the published LegNet) train all their epochs
+  and stay out of the rungs: every "vs baseline" and "vs LegNet" figure is against
+  their best epoch, and neither the seed's recipe, which often collapses on real data,
+  nor the winner's lifts a worse trial over a rung or pushes a better one out;
 - a trial with no signal by the end of its grace period (best eval r at or below 0, or
   constant or non-finite predictions) stops, whatever the rungs hold.
+
+`WithReferences` hands out the study's extra reference trials (the published LegNet)
+beside the searcher's own, and keeps their results from Optuna: they are not points
+of the search, so TPE must not learn from them.
 
 `PrunedAwareOptunaSearch` tells Optuna that a trial stopped before the last epoch was
 pruned, with the per-epoch scores it reported, instead of finished with its last one,
@@ -17,9 +22,10 @@ from __future__ import annotations
 import math
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search.baseline import is_baseline
+from search.baseline import reference_of
 from search.results import NO_SIGNAL_FLOOR
 from search.runtime import trial_config
 from search.trainable import TUNE_METRIC
@@ -45,11 +51,11 @@ class StudyASHA(ASHAScheduler):
         self.fixed = fixed
         self.grace_period = asha["grace_period"]
 
-    def _is_baseline(self, trial) -> bool:
-        return is_baseline(trial_config(trial), self.fixed)
+    def _is_reference(self, trial) -> bool:
+        return reference_of(trial_config(trial), self.fixed) is not None
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if self._is_baseline(trial):
+        if self._is_reference(trial):
             return TrialScheduler.CONTINUE  # its function ends by itself after the last epoch
         if no_signal_reason(result, self.grace_period):
             self._num_stopped += 1
@@ -57,7 +63,7 @@ class StudyASHA(ASHAScheduler):
         return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result: dict):
-        if self._is_baseline(trial):
+        if self._is_reference(trial):
             self._trial_info.pop(trial.trial_id, None)
             return
         super().on_trial_complete(tune_controller, trial, result)
@@ -80,6 +86,60 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
         self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+class WithReferences(Searcher):
+    """A searcher that suggests `references` once its inner searcher made `after` suggestions (the baseline)."""
+
+    def __init__(self, searcher: Searcher, references: list[dict], after: int = 1):
+        self.searcher, self.pending, self.after = searcher, [dict(r) for r in references], after
+        self.suggested, self.reference_ids = 0, set()
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        self._metric, self._mode = metric, mode
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str):
+        if self.pending and self.suggested >= self.after:
+            self.reference_ids.add(trial_id)
+            return self.pending.pop(0)
+        suggestion = self.searcher.suggest(trial_id)
+        if suggestion not in (None, Searcher.FINISHED):
+            self.suggested += 1
+        return suggestion
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.reference_ids:
+            self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.reference_ids:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        """One file, as Ray renames it after writing: the inner searcher's saved bytes and the references' state."""
+        import pickle
+
+        self.searcher.save(checkpoint_path)
+        with open(checkpoint_path, "rb") as file:
+            inner = file.read()
+        state = {"inner": inner, "pending": self.pending, "suggested": self.suggested, "reference_ids": self.reference_ids}
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(state, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+        import tempfile
+
+        with open(checkpoint_path, "rb") as file:
+            state = pickle.load(file)
+        with tempfile.TemporaryDirectory() as directory:
+            inner = f"{directory}/searcher.pkl"
+            with open(inner, "wb") as file:
+                file.write(state["inner"])
+            self.searcher.restore(inner)
+        self.pending, self.suggested, self.reference_ids = state["pending"], state["suggested"], state["reference_ids"]
 
 
 def early_stop_reason(last: dict, grace_period: int, max_epochs: int) -> str | None:

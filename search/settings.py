@@ -66,6 +66,7 @@ class StudyConfig:
     max_failures: int = 2
     register_as: str | None = "dream-hpo-best"
     ensemble_size: int = 3
+    legnet_reference: bool = True
     backend: str = "tensorflow"
     verbose: bool = False
 
@@ -139,6 +140,18 @@ class StudyConfig:
         return baseline_config(self.fixed)["epochs"]
 
     @property
+    def references(self) -> list[dict]:
+        """The reference trials a search runs besides its own (the baseline is its first): the published LegNet."""
+        from search.baseline import legnet_reference
+
+        return [legnet_reference(self.fixed)] if self.searched and self.legnet_reference else []
+
+    @property
+    def total_trials(self) -> int:
+        """Trials Ray runs: the search's (the baseline included) and the extra references."""
+        return self.num_trials + len(self.references)
+
+    @property
     def epochs_flag(self) -> str:
         return "--max-epochs" if self.space else "--epochs"
 
@@ -177,7 +190,6 @@ def validate_study(config: StudyConfig) -> dict:
     existing study (refused without --resume, compared with the flags on --resume).
     """
     from data_prep import check_prepared
-    from data_prep.encoding import WINDOW_LENGTH
     from model import split_config
     from search.baseline import baseline_config
     from search.cluster import check_storage_location
@@ -201,14 +213,12 @@ def validate_study(config: StudyConfig) -> dict:
         split_config(trial)
     except (ValueError, TypeError) as error:
         raise StudyError(f"--set/--config: the trial's config is invalid: {error}") from None
-    length = trial["sequence_length"]
-    if "sequence_length" in (config.space or {}):
-        raise StudyError(f"--space: sequence_length cannot be searched; trials train on the prepared {WINDOW_LENGTH} bp window")
-    if length != WINDOW_LENGTH:
-        raise StudyError(
-            f"--set/--config sequence_length={length!r}: trials train on the prepared {WINDOW_LENGTH} bp window; "
-            f"leave sequence_length at {WINDOW_LENGTH}"
-        )
+    check_family_fields(config, trial)
+    for reference in config.references:
+        try:
+            split_config(reference)
+        except (ValueError, TypeError) as error:
+            raise StudyError(f"--set: the LegNet reference trial's config is invalid: {error}") from None
     if config.space:
         check_space(config.space, config.fixed)
         baseline_point(config.space, config.fixed)
@@ -216,6 +226,28 @@ def validate_study(config: StudyConfig) -> dict:
     check_tracking_store(config.tracking_uri)
     check_existing_study(config)
     return manifest
+
+
+def check_family_fields(config: StudyConfig, trial: dict) -> None:
+    """A --set field of a family's architecture must reach a trial of that family, or it would be ignored.
+
+    The LegNet reference keeps the published architecture, so only the baseline's
+    family and the families the space searches count.
+    """
+    from model.config import family_fields
+
+    families = {trial.get("model_family", "mini_enformer")}
+    if config.space and "model_family" in config.space:
+        families |= set(config.space["model_family"].choices)
+    owners = family_fields()
+    for key in sorted({**config.fixed, **config.overrides}.keys() | (config.space or {}).keys()):
+        if key in owners and owners[key] not in families:
+            flag = "--space" if key in (config.space or {}) else "--set/--config"
+            raise StudyError(
+                f"{flag} {key}: a field of the {owners[key]} family, and no trial of this study is one "
+                f"(families trained: {sorted(families)}). Add --set model_family={owners[key]}, or search "
+                "model_family (--space families)"
+            )
 
 
 def check_existing_study(config: StudyConfig) -> None:
@@ -261,6 +293,7 @@ def recorded_settings(config: StudyConfig) -> dict:
             "--num-trials": config.num_trials,
             "--max-concurrent": config.max_concurrent,
             "--scheduler": config.scheduler,
+            "--no-legnet-reference": not config.legnet_reference,
         })
     if config.uses_asha:
         settings.update({"--grace-period": config.grace_period, "--reduction-factor": config.reduction_factor})

@@ -1,8 +1,13 @@
 """The search space: which config fields a study varies, and over what ranges.
 
-A space maps field names of `ModelConfig`/`TrainConfig` to a distribution, so a
-trial's config is just a config. Users replace the default with a YAML or TOML file
-of the same shape; every range is checked before anything starts.
+A space maps config field names (model.config: a family's architecture, the input
+ingredients, training) to a distribution, so a trial's config is just a config.
+Users replace the default with a YAML or TOML file of the same shape; every range is
+checked before anything starts.
+
+A space that searches `model_family` is conditional: no two families share a field
+name, so a family's own fields are drawn only for trials of that family, and the
+ingredient and training fields for all (`FamilySpace`, Optuna's define-by-run).
 """
 
 from __future__ import annotations
@@ -41,7 +46,28 @@ EXTENDED_SPACE = {
     "final_dropout": {"type": "float", "low": 0.0, "high": 0.3},
     "rc_augment": {"type": "categorical", "choices": [False, True]},
 }
-BUILT_IN_SPACES = {"default": DEFAULT_SPACE, "extended": EXTENDED_SPACE}
+# `--space families`: the family itself, each family's main architecture knobs around its
+# published configuration, the winners' ingredients (input window, strand and singleton
+# channels, bins head) for either family, and the extended training recipe. Every range
+# holds the seed's value and the published LegNet's.
+FAMILIES_SPACE = {
+    "model_family": {"type": "categorical", "choices": ["mini_enformer", "legnet"]},
+    **{name: EXTENDED_SPACE[name] for name in ("channels", "stem_width", "tower_width", "transformer_layers")},
+    "stem_channels": {"type": "categorical", "choices": [128, 256]},
+    "kernel_width": {"type": "int", "low": 5, "high": 9, "step": 2},
+    "expansion": {"type": "int", "low": 2, "high": 4},
+    "input_window": {"type": "categorical", "choices": ["crop", "plasmid"]},
+    "rc_augment": {"type": "categorical", "choices": [False, True]},
+    "strand_channel": {"type": "categorical", "choices": [False, True]},
+    "singleton_channel": {"type": "categorical", "choices": [False, True]},
+    "output_head": {"type": "categorical", "choices": ["poisson", "bins"]},
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]},
+    "lr_schedule": {"type": "categorical", "choices": ["constant", "one_cycle"]},
+    "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+    "batch_size": {"type": "categorical", "choices": [128, 1024, 10_000]},
+}
+BUILT_IN_SPACES = {"default": DEFAULT_SPACE, "extended": EXTENDED_SPACE, "families": FAMILIES_SPACE}
 
 KINDS = {"int": ("low", "high", "step", "log"), "float": ("low", "high", "log"), "categorical": ("choices",)}
 
@@ -92,6 +118,14 @@ class Parameter:
         spec = {"type": self.type, "low": self.low, "high": self.high, "log": self.log}
         return spec | ({"step": self.step} if self.step else {})
 
+    def suggest(self, trial):
+        """Draw this parameter from an Optuna trial (define-by-run)."""
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=self.step or 1, log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
     def to_optuna(self):
         import optuna
 
@@ -129,6 +163,8 @@ def _parameter(name: str, spec, source: str) -> Parameter:
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise SpaceError(f"{where}: 'choices' must be a non-empty list, got {choices!r}")
+        if not all(choice is None or isinstance(choice, (bool, int, float, str)) for choice in choices):
+            raise SpaceError(f"{where}: each choice must be a number, string, true/false or null, got {choices!r}")
         return Parameter(name, kind, choices=tuple(choices))
     if "low" not in spec or "high" not in spec:
         raise SpaceError(f"{where}: type {kind!r} needs 'low' and 'high'")
@@ -153,11 +189,11 @@ def _parameter(name: str, spec, source: str) -> Parameter:
 
 def parse_space(raw: dict, source: str = "search space") -> dict[str, Parameter]:
     """Validate a raw space mapping: known config fields, well-formed ranges, valid values."""
-    from model import ModelConfig, TrainConfig
+    from model.config import InputConfig, TrainConfig, family_fields
 
     if not isinstance(raw, dict) or not raw:
         raise SpaceError(f"{source}: expected a non-empty mapping of parameter name to distribution")
-    allowed = set(ModelConfig.fields()) | set(TrainConfig.fields())
+    allowed = {"model_family", *family_fields(), *InputConfig.fields(), *TrainConfig.fields()}
     space = {}
     for name, spec in raw.items():
         if name not in allowed:
@@ -170,7 +206,7 @@ def parse_space(raw: dict, source: str = "search space") -> dict[str, Parameter]
 
 
 def load_space(path: Path | str | None) -> dict[str, Parameter]:
-    """The default space, a built-in one by name (`extended`), or the one in a YAML (.yaml/.yml) or TOML (.toml) file."""
+    """The default space, a built-in one by name (`extended`, `families`), or the one in a YAML (.yaml/.yml) or TOML (.toml) file."""
     if path is None or str(path) in BUILT_IN_SPACES:
         name = str(path or "default")
         return parse_space(BUILT_IN_SPACES[name], f"{name} search space")
@@ -193,7 +229,7 @@ def load_space(path: Path | str | None) -> dict[str, Parameter]:
 def baseline_point(space: dict[str, Parameter], fixed: dict) -> dict:
     """Trial 1: the baseline's values of the searched fields, which the space must contain."""
     baseline = baseline_config(fixed)
-    point = {name: baseline[name] for name in space}
+    point = {name: baseline[name] for name in applicable(space, baseline.get("model_family", "mini_enformer"))}
     for name, value in point.items():
         parameter = space[name]
         inside = (
@@ -224,19 +260,53 @@ def check_space(space: dict[str, Parameter], fixed: dict, source: str = "search 
     combination of the representative values while there are at most
     MAX_COMBINATIONS_CHECKED, else each parameter against the baseline's others.
     """
-    import itertools
-
     from model import split_config
 
     baseline = baseline_config(fixed)
-    values = {name: parameter.values_to_check() for name, parameter in space.items()}
-    if math.prod(len(v) for v in values.values()) <= MAX_COMBINATIONS_CHECKED:
-        points = (dict(zip(values, combination)) for combination in itertools.product(*values.values()))
-    else:
-        points = ({name: value} for name, options in values.items() for value in options)
-    for point in points:
+    for point in _points_to_check(space):
         try:
             split_config({**baseline, **point})
         except (ValueError, TypeError) as error:
             shown = ", ".join(f"{k}={v!r}" for k, v in point.items())
             raise SpaceError(f"{source}: the point {shown} makes an invalid config: {error}") from error
+
+
+def _points_to_check(space: dict[str, Parameter]):
+    """Representative points, per family when the family is searched (its fields and the shared ones)."""
+    import itertools
+
+    families = space["model_family"].choices if "model_family" in space else (None,)
+    for family in families:
+        names = applicable(space, family) if family else list(space)
+        values = {name: space[name].values_to_check() for name in names}
+        if family:
+            values["model_family"] = [family]
+        if math.prod(len(v) for v in values.values()) <= MAX_COMBINATIONS_CHECKED:
+            yield from (dict(zip(values, combination)) for combination in itertools.product(*values.values()))
+        else:
+            fixed_family = {"model_family": family} if family else {}
+            yield from ({**fixed_family, name: value} for name, options in values.items() for value in options)
+
+
+def applicable(space: dict[str, Parameter], family: str) -> list[str]:
+    """The space's parameters a trial of `family` draws: the family itself, its own fields, the shared ones."""
+    from model.config import family_fields
+
+    owners = family_fields()
+    return [name for name in space if owners.get(name, family) == family]
+
+
+class FamilySpace:
+    """A space over families as an Optuna define-by-run function: the family first, then what applies to it.
+
+    Picklable, as Ray keeps the searcher with the study's state for --resume.
+    """
+
+    def __init__(self, space: dict[str, Parameter]):
+        self.space = space
+
+    def __call__(self, trial) -> None:
+        family = self.space["model_family"].suggest(trial)
+        for name in applicable(self.space, family):
+            if name != "model_family":
+                self.space[name].suggest(trial)

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from search import cluster, report, results, settings
-from search.baseline import TrialNaming, is_baseline, trial_params
+from search.baseline import TrialNaming, reference_of, trial_params
 from search.settings import StudyConfig
 from search.space import Parameter, baseline_point
 from search.trainable import TUNE_METRIC
@@ -123,10 +123,15 @@ def eval_targets(data_dir):
 
 
 def ray_param_space(config: StudyConfig, data_dir: str) -> dict:
-    """Ray's param space: the fixed fields (and a one-trial study's overrides) plus the space's distributions."""
+    """Ray's param space: the fixed fields (and a one-trial study's overrides) plus the space's distributions.
+
+    A space over families is Optuna's define-by-run function (`tune_config`), so Ray gets its constants only.
+    """
     constants = {"data_dir": data_dir, **config.fixed}
     if not config.searched:
         return {**constants, **config.overrides}
+    if "model_family" in config.space:
+        return constants
     return {**constants, **{name: parameter.to_ray() for name, parameter in config.space.items()}}
 
 
@@ -136,16 +141,27 @@ def tune_config(config: StudyConfig):
 
     search_alg, scheduler = None, None
     if config.searched:
+        import warnings
+
         import optuna
 
-        from search.scheduler import PrunedAwareOptunaSearch
+        from search.scheduler import PrunedAwareOptunaSearch, WithReferences
+        from search.space import FamilySpace
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        # `group` lets multivariate TPE model each family's own parameters together.
+        sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group="model_family" in config.space)
+        define_by_run = {"space": FamilySpace(config.space), "metric": TUNE_METRIC, "mode": "max"}
         # Ray Tune limits the searcher itself from `max_concurrent_trials`.
         search_alg = PrunedAwareOptunaSearch(
-            config.max_epochs, points_to_evaluate=[baseline_point(config.space, config.fixed)], sampler=sampler
+            config.max_epochs,
+            points_to_evaluate=[baseline_point(config.space, config.fixed)],
+            sampler=sampler,
+            **(define_by_run if "model_family" in config.space else {}),
         )
+        if config.references:
+            search_alg = WithReferences(search_alg, config.references)
     if config.uses_asha:
         from search.scheduler import StudyASHA
 
@@ -161,7 +177,7 @@ def tune_config(config: StudyConfig):
         mode="max",
         search_alg=search_alg,
         scheduler=scheduler,
-        num_samples=config.num_trials,
+        num_samples=config.total_trials,
         max_concurrent_trials=config.max_concurrent,
         # A new actor per trial pays Ray's worker start and TensorFlow's import again
         # (measured in docs/benchmarks.md); all trials ask for the same resources.
@@ -173,7 +189,7 @@ def console_reporter(config: StudyConfig, progress):
     from search.console import ConsoleReporter
 
     return ConsoleReporter(
-        config.num_trials, config.max_epochs, config.searched, dict(config.fixed),
+        config.total_trials, config.max_epochs, config.searched, dict(config.fixed),
         config.grace_period if config.uses_asha else None, progress,
     )
 
@@ -200,13 +216,15 @@ def trial_result(outcome, runs, config: StudyConfig, device_share: float, stop_r
 
     metrics = outcome.metrics or {}
     trial_config = config_of(outcome)
+    reference = reference_of(trial_config, config.fixed)
     trial_id = metrics.get("trial_id")
     run_id, model_logged = runs.trial_run(trial_id)
     best = metrics.get("best_eval_pearson", math.nan)
     return results.TrialResult(
         trial_id=trial_id,
         run_id=run_id,
-        baseline=is_baseline(trial_config, config.fixed),
+        baseline=reference == "baseline",
+        legnet_reference=reference == "legnet",
         status=results.trial_status(metrics, errored=outcome.error is not None),
         reason=metrics.get("stop_reason")
         or (stop_reason(metrics) if stop_reason else None)

@@ -182,7 +182,7 @@ class StudyRuns:
         return (run.info.run_id, run.data.tags.get("model_logged") == "true") if run else (None, False)
 
     def log_trial_figures(self, result: StudyResult) -> None:
-        """Each trial run's interval and paired differences to the baseline and the k-mer reference."""
+        """Each trial run's interval and paired differences to the baseline, the LegNet reference and the k-mer reference."""
         for trial in result.trials:
             if trial.run_id is None or trial.interval is None:
                 continue
@@ -190,6 +190,8 @@ class StudyRuns:
             metrics |= trial.vs_kmer.metrics("vs_kmer_reference") | {"kmer_reference_pearson": result.reference.estimate}
             if trial.vs_baseline is not None:
                 metrics |= trial.vs_baseline.metrics("vs_baseline")
+            if trial.vs_legnet is not None:
+                metrics |= trial.vs_legnet.metrics("vs_legnet_reference")
             self.log_metrics(trial.run_id, metrics)
 
     def finish_parent(self, run_id: str, result: StudyResult, space: dict, register_as: str | None) -> Registration:
@@ -210,12 +212,15 @@ class StudyRuns:
         metrics = result.compute.metrics()
         if result.baseline is not None and math.isfinite(result.baseline.best_eval_pearson):
             metrics["baseline_eval_pearson"] = result.baseline.best_eval_pearson
+        if result.legnet is not None and math.isfinite(result.legnet.best_eval_pearson):
+            metrics["legnet_reference_eval_pearson"] = result.legnet.best_eval_pearson
         if result.reference is not None:
             metrics |= result.reference.metrics("kmer_reference_pearson")
         if best is not None:
             metrics |= {"best_eval_pearson": best.best_eval_pearson}
             for interval, name, estimate in ((best.interval, "best_eval_pearson", False),
                                              (best.vs_baseline, "best_vs_baseline", True),
+                                             (best.vs_legnet, "best_vs_legnet_reference", True),
                                              (best.vs_kmer, "best_vs_kmer_reference", True)):
                 if interval is not None:
                     metrics |= interval.metrics(name, estimate)

@@ -1,7 +1,7 @@
 """The one trainable: every trial, the baseline included, trains through `train_trial`.
 
-A trial's Ray config is flat: the fields of `ModelConfig` and `TrainConfig` plus
-`data_dir`. Each epoch it reports metrics together with a checkpoint holding the
+A trial's Ray config is flat: `model_family`, the fields of its architecture config,
+`InputConfig` and `TrainConfig` (model.config.split_config), plus `data_dir`. Each epoch it reports metrics together with a checkpoint holding the
 weights, the optimizer state, the dropout generators' state and the history, so a
 killed trial resumes at the next epoch. It does not talk to MLflow: the driver's
 `tracking.MlflowTrialLogger` logs what the trial reports, which survives ASHA
@@ -33,30 +33,30 @@ TUNE_METRIC = "search_score"
 
 
 def split_trial_config(config: dict):
-    """Turn a flat trial config into (ModelConfig, TrainConfig, data_dir)."""
+    """Turn a flat trial config into (TrialConfig, data_dir)."""
     from model import split_config
 
     # Ray's samplers may hand back NumPy scalars; the configs validate plain Python types.
     config = {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}
-    model_config, train_config = split_config({k: v for k, v in config.items() if k != "data_dir"})
-    return model_config, train_config, Path(config["data_dir"])
+    return split_config({k: v for k, v in config.items() if k != "data_dir"}), Path(config["data_dir"])
 
 
 def _seed_generator_variables(model):
     return [v for v in model.non_trainable_variables if "seed_generator" in v.path]
 
 
-def evaluate(training_model, data, batch_size: int) -> tuple[dict, np.ndarray]:
-    """Whole-eval-split metrics (not per-batch means) and the predictions, unshifted window.
+def evaluate(core, data, batch_size: int) -> tuple[dict, np.ndarray]:
+    """Whole-eval-split metrics (not per-batch means) and the predictions of the serving model.
 
-    Metrics of constant or non-finite predictions stay NaN; `prediction_problem` says why.
+    The serving model is what is saved and served: it reads the unshifted window and
+    averages strands, as `dream-hpo predict` does. Metrics of constant or non-finite
+    predictions stay NaN; `prediction_problem` says why.
     """
-    from data_prep.encoding import window
+    from model.inference import predict_codes
     from model.metrics import mse, pearson, poisson, spearman
 
-    codes = window(data.codes, data.eval_index, 0)
     observed = np.asarray(data.targets[data.eval_index], dtype=np.float32)
-    predicted = np.asarray(training_model.predict(codes, batch_size=batch_size, verbose=0), np.float32).reshape(-1)
+    predicted = predict_codes(core, np.asarray(data.codes[data.eval_index]), batch_size)
     metrics = {
         "eval_pearson": pearson(observed, predicted),
         "eval_spearman": spearman(observed, predicted),
@@ -122,24 +122,38 @@ def train_trial(config: dict) -> None:
     # A reused actor still holds the last trial's graphs and layer-name counters; the
     # counters name the dropout generators whose state a checkpoint restores by path.
     keras.backend.clear_session()
-    model_config, train_config, data_dir = split_trial_config(config)
+    trial, data_dir = split_trial_config(config)
+    train_config, inputs = trial.train, trial.inputs
     data = PreparedData.load(data_dir)
     loaded = time.perf_counter()
     policy = set_precision(train_config)
     keras.utils.set_random_seed(train_config.seed)
     batch_size = resolve_batch_size(train_config.batch_size, len(data.train_index))
     train_batches = CodeBatches(
-        WindowBatches(data.codes, data.targets, data.train_index, batch_size, train_config.seed, augment=True)
+        WindowBatches(
+            data.codes,
+            data.targets,
+            data.train_index,
+            batch_size,
+            train_config.seed,
+            augment=True,
+            length=inputs.length,
+            singleton=inputs.singleton_channel,
+        )
     )
-    training_model = build_training_model(model_config)
-    compile_for_training(training_model, train_config, steps_per_epoch=len(train_batches))
+    training_model = build_training_model(trial.architecture, inputs)
+    compile_for_training(training_model, train_config, len(train_batches), inputs.output_head)
     training_model.optimizer.build(training_model.trainable_variables)
     core = core_model(training_model)
     from model.mini_enformer import tower_filters
 
     derived = {
         "trainable_parameters": int(sum(np.prod(v.shape) for v in training_model.trainable_variables)),
-        "conv_tower_filters": "/".join(str(f) for f in tower_filters(model_config.channels, model_config.tower_blocks)),
+        **(
+            {"conv_tower_filters": "/".join(str(f) for f in tower_filters(trial.architecture.channels, trial.architecture.tower_blocks))}
+            if trial.family == "mini_enformer"
+            else {}
+        ),
         "resolved_batch_size": batch_size,
         "resolved_mixed_precision": policy,
         "resolved_jit_compile": bool(training_model.jit_compile),
@@ -186,7 +200,7 @@ def train_trial(config: dict) -> None:
                 {"epoch": epoch + 1, "train_loss": train_loss, TUNE_METRIC: -1.0, "diverged": 1, "stop_reason": reason}
             )
             return
-        metrics, predicted = evaluate(training_model, data, batch_size)
+        metrics, predicted = evaluate(core, data, batch_size)
         problem = prediction_problem(predicted)
         metrics.update(
             epoch=epoch + 1,

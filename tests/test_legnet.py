@@ -1,4 +1,5 @@
-"""Tests for LegNet (model.legnet): parameter count, expectation head, soft targets and KL loss, training, saving, JAX."""
+"""Tests for LegNet (model.legnet) and the bins head (model.bins): parameter count, expectation, soft targets and KL
+loss, training, saving, JAX."""
 
 import json
 import math
@@ -12,32 +13,34 @@ import keras
 import numpy as np
 import pytest
 
-from model.legnet import (
-    ExpectedBin,
-    LegNetConfig,
-    bin_kl_divergence,
-    build_legnet,
-    expected_bin,
-    expression_model,
-    soft_bin_kl_loss,
-    soft_bin_targets,
-)
+from model.bins import ExpectedBin, bin_kl_divergence, expected_bin, soft_bin_kl_loss, soft_bin_targets
+from model.config import LEGNET_RECIPE, InputConfig, LegNetConfig, split_config
+from model.legnet import build_network
 from model.saving import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 # Every knob off its default, so a formula that holds for SMALL holds for the layout, not one set of numbers.
 SMALL = LegNetConfig(
-    input_length=24,
-    input_channels=6,
     stem_channels=16,
-    stem_width=5,
+    stem_kernel=5,
     block_channels=(12, 8),
     expansion=2,
     kernel_width=3,
     filters_per_group=4,
     se_reduction=2,
-    num_bins=18,
 )
+# LegNet's input channels and head on the 85 bp crop, so the small networks stay quick.
+INPUTS = InputConfig(strand_channel=True, singleton_channel=True, output_head="bins")
+PUBLISHED_INPUTS = split_config(LEGNET_RECIPE).inputs
+
+
+def build_legnet(config: LegNetConfig, inputs: InputConfig = INPUTS) -> keras.Model:
+    return build_network(config, inputs)
+
+
+def expression_model(network: keras.Model) -> keras.Model:
+    inputs = keras.Input(network.input_shape[1:])
+    return keras.Model(inputs, ExpectedBin(name="expected_bin")(network(inputs)))
 
 
 def trainable_count(layer) -> int:
@@ -48,18 +51,18 @@ def numpy(x) -> np.ndarray:
     return keras.ops.convert_to_numpy(x)
 
 
-def random_inputs(config: LegNetConfig, n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, config.input_length, config.input_channels), dtype=np.float32)
+def random_inputs(inputs: InputConfig, n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, inputs.length, inputs.channels), dtype=np.float32)
 
 
-def prix_fixe_parameter_count(config: LegNetConfig) -> dict[str, int]:
+def prix_fixe_parameter_count(config: LegNetConfig, inputs: InputConfig) -> dict[str, int]:
     """Trainable parameters of Prix Fixe's PyTorch layout, part by part.
 
     Bias-free convolutions, batch norm scale and offset, squeeze-and-excitation with
     biased dense layers through the block's input width // se_reduction, a biased 1x1 head.
     """
     k = config.kernel_width
-    stem = config.input_channels * config.stem_width * config.stem_channels + 2 * config.stem_channels
+    stem = inputs.channels * config.stem_kernel * config.stem_channels + 2 * config.stem_channels
     core, p = 0, config.stem_channels
     for s in config.block_channels:
         e, squeezed = config.expansion * s, p // config.se_reduction
@@ -70,7 +73,7 @@ def prix_fixe_parameter_count(config: LegNetConfig) -> dict[str, int]:
         resize = 2 * p * k * s + 2 * s
         core += expand + grouped + se + project + resize
         p = s
-    head = p * config.num_bins + config.num_bins
+    head = p * inputs.num_bins + inputs.num_bins
     return {"stem": stem, "core": core, "head": head}
 
 
@@ -78,8 +81,8 @@ def prix_fixe_parameter_count(config: LegNetConfig) -> dict[str, int]:
 
 
 def test_default_config_has_prix_fixe_parameter_count():
-    assert prix_fixe_parameter_count(LegNetConfig()) == {"stem": 11_264, "core": 1_712_688, "head": 1_170}
-    legnet = build_legnet(LegNetConfig())
+    assert prix_fixe_parameter_count(LegNetConfig(), PUBLISHED_INPUTS) == {"stem": 11_264, "core": 1_712_688, "head": 1_170}
+    legnet = build_legnet(LegNetConfig(), PUBLISHED_INPUTS)
     assert {part: trainable_count(legnet.get_layer(part)) for part in ("stem", "core", "head")} == {
         "stem": 11_264,
         "core": 1_712_688,
@@ -93,7 +96,7 @@ def test_default_config_has_prix_fixe_parameter_count():
 
 
 def test_every_knob_changes_the_count_as_the_layout_says():
-    assert trainable_count(build_legnet(SMALL)) == sum(prix_fixe_parameter_count(SMALL).values())
+    assert trainable_count(build_legnet(SMALL)) == sum(prix_fixe_parameter_count(SMALL, INPUTS).values())
     grouped = [layer for layer in build_legnet(SMALL).get_layer("core").layers if getattr(layer, "groups", 1) > 1]
     # expansion 2 x (12, 8) in groups of filters_per_group 4.
     assert [(layer.filters, layer.groups, layer.kernel_size) for layer in grouped] == [(24, 6, (3,)), (16, 4, (3,))]
@@ -103,7 +106,6 @@ def test_every_knob_changes_the_count_as_the_layout_says():
     "kwargs, message",
     [
         ({"stem_channels": 0}, r"LegNetConfig.stem_channels must be an integer >= 1; got 0"),
-        ({"num_bins": 1}, r"LegNetConfig.num_bins must be an integer >= 2; got 1"),
         ({"expansion": True}, r"LegNetConfig.expansion must be an integer >= 1; got True"),
         ({"block_channels": ()}, r"block_channels must be a non-empty list of integers >= 1; got \(\)"),
         ({"block_channels": (64, 0)}, r"block_channels must be a non-empty list of integers >= 1; got \(64, 0\)"),
@@ -142,7 +144,7 @@ def test_expected_bin_is_the_mean_bin_index():
 def test_expression_model_shares_the_weights_and_outputs_the_expectation():
     legnet = build_legnet(SMALL)
     served = expression_model(legnet)
-    x = random_inputs(SMALL, 3)
+    x = random_inputs(INPUTS, 3)
     probabilities = legnet.predict(x, verbose=0)
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-6)
     assert served.output_shape == (None, 1)
@@ -152,7 +154,7 @@ def test_expression_model_shares_the_weights_and_outputs_the_expectation():
 
 def test_soft_bin_targets_sum_to_one_and_peak_at_the_nearest_bin():
     values = np.array([0.0, 3.7, 8.0, 12.2, 17.0, -3.0, 25.0], dtype=np.float32)
-    targets = numpy(soft_bin_targets(values))
+    targets = numpy(soft_bin_targets(values, 18))
     assert targets.shape == (7, 18)
     np.testing.assert_allclose(targets.sum(axis=-1), 1.0, atol=1e-6)
     assert targets.argmax(axis=-1).tolist() == [0, 4, 8, 12, 17, 0, 17]
@@ -169,9 +171,18 @@ def test_soft_bin_targets_sum_to_one_and_peak_at_the_nearest_bin():
     assert numpy(soft_bin_targets(np.zeros((2, 3)), num_bins=5)).shape == (2, 3, 5)
 
 
+def test_invalid_ingredients_say_what_to_change():
+    with pytest.raises(ValueError, match=r"InputConfig.num_bins must be an integer >= 2; got 1"):
+        InputConfig(num_bins=1)
+    with pytest.raises(ValueError, match=r"InputConfig.padded_length must be in \[110, 200\].*got 100"):
+        InputConfig(input_window="plasmid", padded_length=100)
+    with pytest.raises(ValueError, match=r"InputConfig.output_head must be one of \['poisson', 'bins'\]; got 'mse'"):
+        InputConfig(output_head="mse")
+
+
 def test_kl_loss_is_zero_on_the_soft_targets_and_positive_elsewhere():
     values = np.array([[1.0], [9.5], [16.0]], dtype=np.float32)
-    targets = numpy(soft_bin_targets(values[:, 0]))
+    targets = numpy(soft_bin_targets(values[:, 0], 18))
     np.testing.assert_allclose(numpy(soft_bin_kl_loss(values, targets)), 0.0, atol=1e-6)
     np.testing.assert_allclose(numpy(bin_kl_divergence(targets, targets)), 0.0, atol=1e-6)
     uniform = np.full((3, 18), 1 / 18, dtype=np.float32)
@@ -192,7 +203,7 @@ def trained(tmp_path_factory):
     keras.utils.set_random_seed(0)
     legnet = build_legnet(SMALL)
     legnet.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05), loss=soft_bin_kl_loss)
-    x = random_inputs(SMALL, 16)
+    x = random_inputs(INPUTS, 16)
     y = np.random.default_rng(1).uniform(0, 17, size=(16, 1)).astype(np.float32)
     losses = [float(legnet.train_on_batch(x, y)) for _ in range(2)]
     root = tmp_path_factory.mktemp("legnet")
@@ -243,12 +254,17 @@ def test_legnet_builds_trains_and_predicts_under_jax(trained):
     result = run_fresh(
         f"""
         import keras, numpy as np
-        from model.legnet import LegNetConfig, build_legnet, expression_model, soft_bin_kl_loss
+        from model.bins import ExpectedBin, soft_bin_kl_loss
+        from model.config import InputConfig, LegNetConfig
+        from model.legnet import build_network
         from model.saving import load_model
         assert keras.backend.backend() == "jax"
         config = LegNetConfig.from_dict({json.dumps(SMALL.to_dict())})
         x = np.load("{root}/x.npy")
-        legnet = build_legnet(config)
+        legnet = build_network(config, InputConfig.from_dict({INPUTS.to_dict()!r}))
+        def expression_model(network):
+            inputs = keras.Input(network.input_shape[1:])
+            return keras.Model(inputs, ExpectedBin()(network(inputs)))
         legnet.compile(optimizer="sgd", loss=soft_bin_kl_loss)
         loss = float(legnet.train_on_batch(x, np.linspace(0, 17, len(x), dtype="float32")))
         probabilities = legnet.predict(x, verbose=0)
