@@ -1,12 +1,14 @@
-"""Samples/s of the baseline's training step and of the input pipeline that feeds it, per Keras backend.
+"""Samples/s of a family's training step and of the input pipeline that feeds it, per Keras backend.
 
 Each backend runs in a fresh interpreter (Keras picks its backend at import), so the
 peak host RSS printed is that run's own. For each it prints the device, batch size,
 precision policy and whether XLA was on, then:
 
 - step: training samples/s of the baseline config (192/5/4/4 unless --set changes it),
-  timed per step inside `fit` on the trial's own input pipeline, first (compiling) step
-  excluded; best and median of the timed steps;
+  or with `--family legnet` of the published LegNet with its ingredients (150 bp padded
+  input, strand and singleton channels, bins head; LEGNET_RECIPE), timed per step inside
+  `fit` on the trial's own input pipeline, first (compiling) step excluded; best and
+  median of the timed steps;
 - draw: samples/s of `WindowBatches` alone, one thread (shuffled, shift-augmented uint8
   windows out of the memory-mapped arrays);
 - fed: samples/s of the trial's `CodeBatches` through Keras `fit` into a model with five
@@ -24,6 +26,7 @@ the baseline, printing host RSS after each stage (target: under 4 GB).
     python benchmarks/bench_train.py                                # both backends, batch 10,000
     python benchmarks/bench_train.py --batch-size 1000 --steps 8    # CPU-sized
     python benchmarks/bench_train.py --backend jax --precision mixed_bfloat16 --jit on
+    python benchmarks/bench_train.py --family legnet --batch-size 128 --steps 8
     python benchmarks/bench_train.py --full-size --backend tensorflow
 """
 
@@ -78,10 +81,12 @@ def prepared_set(n: int) -> Path:
 
 
 def configs(spec: dict):
-    from model import split_config
+    """The trial config: the baseline, or the published LegNet, at the benchmark's batch and precision."""
+    from model import LEGNET_RECIPE, split_config
 
     return split_config(
         {
+            **(LEGNET_RECIPE if spec["family"] == "legnet" else {}),
             "batch_size": spec["batch_size"],
             "mixed_precision": PRECISIONS[spec["precision"]],
             "jit_compile": JIT[spec["jit"]],
@@ -114,16 +119,28 @@ class StepClock:
         return [b - a for a, b in zip(self.times, self.times[1:])]
 
 
-def trivial_model(jit_compile: bool):
+def window_batches(data, rows, batch: int, trial):
+    """The trial's own input batches: its window length, and singleton flags when it has that channel."""
+    from data_prep.batches import WindowBatches
+
+    inputs = trial.inputs
+    return WindowBatches(data.codes, data.targets, rows, batch, seed=0, length=inputs.length, singleton=inputs.singleton_channel)
+
+
+def trivial_model(jit_compile: bool, trial):
     """Five weights after the one-hot: what the input pipeline alone costs inside `fit`."""
     import keras
 
     from model import BaseOneHot, poisson_loss
 
-    codes = keras.Input((85,), dtype="uint8")
+    codes = keras.Input((trial.inputs.length,), dtype="uint8")
     x = keras.layers.GlobalAveragePooling1D()(BaseOneHot()(codes))
+    model_inputs = codes
+    if trial.inputs.singleton_channel:
+        flags = keras.Input((1,))
+        x, model_inputs = keras.layers.Concatenate()([x, flags]), [codes, flags]
     outputs = keras.layers.Dense(1, activation="softplus")(x)
-    model = keras.Model(codes, outputs)
+    model = keras.Model(model_inputs, outputs)
     model.compile(optimizer="sgd", loss=poisson_loss, jit_compile=jit_compile)
     return model
 
@@ -139,9 +156,9 @@ def draw_rate(batches, repeats: int) -> float:
     return best
 
 
-def fed_rate(code_batches, jit_compile: bool, repeats: int) -> float:
+def fed_rate(code_batches, jit_compile: bool, repeats: int, trial) -> float:
     """Samples/s of CodeBatches through `fit` into the trivial model, best of repeats after a warm-up."""
-    model = trivial_model(jit_compile)
+    model = trivial_model(jit_compile, trial)
     samples = len(code_batches.batches.rows)
     model.fit(code_batches, epochs=1, verbose=0, shuffle=False)
     best = 0.0
@@ -157,21 +174,23 @@ def measure_speed(spec: dict) -> dict:
     import keras
 
     from data_prep import PreparedData
-    from data_prep.batches import WindowBatches
     from model import build_training_model, compile_for_training, devices, set_precision
     from model.inputs import CodeBatches
 
-    model_config, train = configs(spec)
+    trial = configs(spec)
+    train = trial.train
     batch = train.batch_size
     steps = 1 + spec["warmup"] + spec["steps"]
     data = PreparedData.load(prepared_set(max(spec["n"], batch * steps + EVAL_SIZE)))
     policy = set_precision(train)
     keras.utils.set_random_seed(0)
-    training = compile_for_training(build_training_model(model_config), train)
+    training = compile_for_training(
+        build_training_model(trial.architecture, trial.inputs), train, steps, trial.inputs.output_head
+    )
     rows = data.train_index[: batch * steps]
     clock = StepClock()
     training.fit(
-        CodeBatches(WindowBatches(data.codes, data.targets, rows, batch, seed=0)),
+        CodeBatches(window_batches(data, rows, batch, trial)),
         epochs=1,
         verbose=0,
         shuffle=False,
@@ -182,21 +201,22 @@ def measure_speed(spec: dict) -> dict:
 
     # The input pipeline over up to 200 batches of the same size, so it is timed over more than a blink.
     input_rows = data.train_index[: batch * min(200, len(data.train_index) // batch)]
-    window_batches = WindowBatches(data.codes, data.targets, input_rows, batch, seed=0)
+    input_batches = window_batches(data, input_rows, batch, trial)
     result = {
+        "family": trial.family,
         "backend": keras.backend.backend(),
         "device": devices.describe(),
         "gpu": bool(devices.gpus()),
         "batch_size": batch,
         "precision": policy,
         "xla": bool(training.jit_compile),
-        "model": model_config.to_dict(),
+        "model": trial.to_flat(),
         "first_step_s": step_times[0],
         "steps_timed": len(timed),
         "step_best": batch / min(timed),
         "step_median": batch / statistics.median(timed),
-        "draw": draw_rate(window_batches, spec["repeats"]),
-        "fed": fed_rate(CodeBatches(window_batches), bool(training.jit_compile), spec["repeats"]),
+        "draw": draw_rate(input_batches, spec["repeats"]),
+        "fed": fed_rate(CodeBatches(input_batches), bool(training.jit_compile), spec["repeats"], trial),
         "load": os.getloadavg(),
     }
     return {**result, **memory_mb()}
@@ -207,32 +227,34 @@ def measure_full_size(spec: dict) -> dict:
     import keras
 
     from data_prep import PreparedData
-    from data_prep.batches import WindowBatches
-    from model import build_training_model, compile_for_training, devices, set_precision
+    from model import build_training_model, compile_for_training, core_model, devices, set_precision
     from model.inputs import CodeBatches
     from search.trainable import evaluate
 
-    model_config, train = configs(spec)
+    trial = configs(spec)
+    train = trial.train
     data = PreparedData.load(prepared_set(FULL_SIZE))
     stages = {"loaded": memory_mb()}
     policy = set_precision(train)
-    training = compile_for_training(build_training_model(model_config), train)
+    training = compile_for_training(
+        build_training_model(trial.architecture, trial.inputs), train, 1, trial.inputs.output_head
+    )
     stages["model built"] = memory_mb()
 
-    code_batches = CodeBatches(WindowBatches(data.codes, data.targets, data.train_index, train.batch_size, seed=0))
+    code_batches = CodeBatches(window_batches(data, data.train_index, train.batch_size, trial))
     started = time.perf_counter()
-    trivial_model(bool(training.jit_compile)).fit(code_batches, epochs=1, verbose=0, shuffle=False)
+    trivial_model(bool(training.jit_compile), trial).fit(code_batches, epochs=1, verbose=0, shuffle=False)
     epoch_s = time.perf_counter() - started
     stages["input epoch"] = memory_mb()
 
     started = time.perf_counter()
-    metrics, _ = evaluate(training, data, train.batch_size)
+    metrics, _ = evaluate(core_model(training), data, train.batch_size)
     eval_s = time.perf_counter() - started
     stages["evaluation"] = memory_mb()
 
     if spec["full_size_steps"]:
         rows = data.train_index[: train.batch_size * spec["full_size_steps"]]
-        training.fit(CodeBatches(WindowBatches(data.codes, data.targets, rows, train.batch_size, seed=0)), verbose=0, shuffle=False)
+        training.fit(CodeBatches(window_batches(data, rows, train.batch_size, trial)), verbose=0, shuffle=False)
         stages[f"training steps ({spec['full_size_steps']})"] = memory_mb()
     return {
         "backend": keras.backend.backend(),
@@ -265,12 +287,12 @@ def run_child(backend: str, spec: dict) -> dict:
 
 def print_speed(results: list[dict]) -> None:
     print(f"machine: {machine()}")
-    print("| backend | device | batch | precision | XLA | compile+first step (s) | step samples/s best (median) "
+    print("| family | backend | device | batch | precision | XLA | compile+first step (s) | step samples/s best (median) "
           "| input draw samples/s | input fed samples/s | fed / step | peak RSS (MB) | load 1/5 min |")
-    print("|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
         print(
-            f"| {r['backend']} | {r['device']} | {r['batch_size']:,} | {r['precision']} | {'on' if r['xla'] else 'off'} "
+            f"| {r['family']} | {r['backend']} | {r['device']} | {r['batch_size']:,} | {r['precision']} | {'on' if r['xla'] else 'off'} "
             f"| {r['first_step_s']:.1f} | {r['step_best']:,.0f} ({r['step_median']:,.0f}) | {r['draw']:,.0f} "
             f"| {r['fed']:,.0f} | {r['fed'] / r['step_best']:,.0f}x | {r['peak_rss_mb']:,.0f} "
             f"| {r['load'][0]:.1f} / {r['load'][1]:.1f} |"
@@ -311,6 +333,10 @@ def main(argv=None) -> int:
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
     parser.add_argument("--backend", choices=["tensorflow", "jax", "both"], default="both", help="(default: %(default)s)")
+    parser.add_argument(
+        "--family", choices=["mini_enformer", "legnet"], default="mini_enformer",
+        help="the baseline mini-Enformer, or LegNet with its published ingredients and recipe (default: %(default)s)",
+    )
     parser.add_argument("--batch-size", type=int, default=10_000, help="training batch (default: the seed's %(default)s)")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first, compiling one (default: %(default)s)")
@@ -331,6 +357,7 @@ def main(argv=None) -> int:
         return 0
 
     spec = {
+        "family": args.family,
         "batch_size": args.batch_size,
         "steps": args.steps,
         "warmup": args.warmup,

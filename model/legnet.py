@@ -31,9 +31,11 @@ expectation for evaluation and serving.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import keras
+from keras import ops
 
 from model.config import InputConfig, LegNetConfig
 from model.mini_enformer import ELEMENTWISE_DTYPE
@@ -54,13 +56,55 @@ def _dense_initializer() -> keras.initializers.Initializer:
     return keras.initializers.RandomNormal(stddev=0.001)
 
 
-def conv_bn_silu(filters: int, width: int, groups: int = 1) -> Block:
-    """Conv1D(same, no bias) -> BatchNorm -> SiLU, LegNet's unit everywhere but the head."""
+@keras.saving.register_keras_serializable(package="dream_hpo")
+class GroupedConv1D(keras.layers.Layer):
+    """A bias-free, same-padded grouped convolution with as many outputs as inputs, `filters_per_group` of each a group.
+
+    Computed as a depthwise convolution with `filters_per_group` filters per input
+    channel, whose outputs are summed within each group: the same function and the
+    same number of weights as Conv1D(groups=channels // filters_per_group), but
+    TensorFlow's CPU kernels run grouped Conv1D about 300x slower than this
+    (benchmarks/bench_train.py, docs/benchmarks.md). Weights start as Prix Fixe's:
+    normal with variance 2 / (width x channels).
+    """
+
+    def __init__(self, width: int, filters_per_group: int, **kwargs):
+        super().__init__(**kwargs)
+        self.width, self.filters_per_group = width, filters_per_group
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.kernel = self.add_weight(
+            shape=(self.width, channels, self.filters_per_group),
+            initializer=keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / (self.width * channels))),
+            name="kernel",
+        )
+
+    def call(self, x):
+        per_input = ops.depthwise_conv(x, ops.cast(self.kernel, x.dtype), strides=1, padding="same")
+        f = self.filters_per_group
+        shape = ops.shape(x)
+        # (batch, length, channels * f), ordered (input channel, filter) -> groups of f inputs x f outputs.
+        grouped = ops.reshape(per_input, (shape[0], shape[1], x.shape[-1] // f, f, f))
+        return ops.reshape(ops.sum(grouped, axis=3), (shape[0], shape[1], x.shape[-1]))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "width": self.width, "filters_per_group": self.filters_per_group}
+
+
+def conv_bn_silu(filters: int, width: int, filters_per_group: int | None = None) -> Block:
+    """Conv1D(same, no bias), or the grouped one, -> BatchNorm -> SiLU, LegNet's unit everywhere but the head."""
 
     def apply(x):
-        x = keras.layers.Conv1D(
-            filters, width, padding="same", groups=groups, use_bias=False, kernel_initializer=_conv_initializer()
-        )(x)
+        if filters_per_group:
+            x = GroupedConv1D(width, filters_per_group)(x)
+        else:
+            x = keras.layers.Conv1D(
+                filters, width, padding="same", use_bias=False, kernel_initializer=_conv_initializer()
+            )(x)
         x = keras.layers.BatchNormalization(
             momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, dtype=ELEMENTWISE_DTYPE
         )(x)
@@ -92,7 +136,7 @@ def core_block(input_width: int, width: int, config: LegNetConfig) -> Block:
 
     def inverted_residual(x):
         x = conv_bn_silu(expanded, 1)(x)
-        x = conv_bn_silu(expanded, config.kernel_width, groups=expanded // config.filters_per_group)(x)
+        x = conv_bn_silu(expanded, config.kernel_width, filters_per_group=config.filters_per_group)(x)
         x = squeeze_excitation(input_width // config.se_reduction)(x)
         return conv_bn_silu(input_width, 1)(x)
 

@@ -21,7 +21,7 @@ import keras
 from model.layers import NUM_BASES
 
 # Every module with a `keras.saving.register_keras_serializable` class or function.
-REGISTERING_MODULES = ("model.bins", "model.layers", "model.strand", "model.training")
+REGISTERING_MODULES = ("model.bins", "model.layers", "model.legnet", "model.strand", "model.training")
 for _module in REGISTERING_MODULES:
     import_module(_module)
 

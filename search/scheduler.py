@@ -117,28 +117,11 @@ class WithReferences(Searcher):
         if trial_id not in self.reference_ids:
             self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
-    def save(self, checkpoint_path: str) -> None:
-        """One file, as Ray renames it after writing: the inner searcher's saved bytes and the references' state."""
-        import pickle
+    def get_state(self) -> dict:
+        """Its own state; Ray saves the wrapped searcher itself (SearchGenerator.save_to_dir)."""
+        return {"pending": self.pending, "suggested": self.suggested, "reference_ids": set(self.reference_ids)}
 
-        self.searcher.save(checkpoint_path)
-        with open(checkpoint_path, "rb") as file:
-            inner = file.read()
-        state = {"inner": inner, "pending": self.pending, "suggested": self.suggested, "reference_ids": self.reference_ids}
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(state, file)
-
-    def restore(self, checkpoint_path: str) -> None:
-        import pickle
-        import tempfile
-
-        with open(checkpoint_path, "rb") as file:
-            state = pickle.load(file)
-        with tempfile.TemporaryDirectory() as directory:
-            inner = f"{directory}/searcher.pkl"
-            with open(inner, "wb") as file:
-                file.write(state["inner"])
-            self.searcher.restore(inner)
+    def set_state(self, state: dict) -> None:
         self.pending, self.suggested, self.reference_ids = state["pending"], state["suggested"], state["reference_ids"]
 
 

@@ -79,7 +79,7 @@ def design_doc_parameter_count(config: ModelConfig, tower: list[int]) -> int:
         width_in = filters
     attention = 2 * c + 2 * c * heads * key + c * c + (c * c + c) + (c // heads) * heads * key + 2 * heads * key
     mlp = 2 * c + (c * 2 * c + 2 * c) + (2 * c * c + c)
-    length = config.sequence_length
+    length = 85  # the crop the seed reads
     for _ in range(len(tower) + 1):  # every tower block and the final pointwise halve it, rounding up
         length = -(-length // 2)
     head = length * c + 1
@@ -359,11 +359,18 @@ def test_configs_round_trip_and_reject_unknown_keys():
 
 
 def test_split_config_sends_each_flat_key_to_its_config():
-    model_config, train_config = model.split_config({"channels": 96, "learning_rate": 0.1, "optimizer": "adam"})
-    assert model_config == ModelConfig(channels=96)
-    assert train_config == TrainConfig(learning_rate=0.1, optimizer="adam")
-    with pytest.raises(ValueError, match=r"unknown config keys \['chanels'\]; allowed: model fields \[.*'channels'"):
+    trial = model.split_config({"channels": 96, "learning_rate": 0.1, "optimizer": "adam", "rc_augment": True})
+    assert trial.architecture == ModelConfig(channels=96) and trial.family == "mini_enformer"
+    assert trial.inputs == model.InputConfig(rc_augment=True)
+    assert trial.train == TrainConfig(learning_rate=0.1, optimizer="adam")
+    with pytest.raises(ValueError, match=r"unknown config keys \['chanels'\]; allowed: model_family, mini_enformer fields \[.*'channels'"):
         model.split_config({"chanels": 96})
+    # Another family's field is that family's, not this trial's: a study's --set channels=96 leaves LegNet alone.
+    legnet = model.split_config({"model_family": "legnet", "channels": 96, "kernel_width": 5})
+    assert legnet.architecture == model.LegNetConfig(kernel_width=5)
+    assert "channels" not in legnet.to_flat() and legnet.to_flat()["model_family"] == "legnet"
+    with pytest.raises(ValueError, match=r"TrialConfig.model_family must be one of \['mini_enformer', 'legnet'\]; got 'cnn'"):
+        model.split_config({"model_family": "cnn"})
 
 
 # ---- precision and backends -------------------------------------------------

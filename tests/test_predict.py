@@ -8,7 +8,6 @@ metrics: one-hot by hand from the sequence strings, correlations with SciPy
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -60,8 +59,9 @@ def strand_keras_file(tmp_path_factory) -> Path:
     import keras
 
     keras.utils.set_random_seed(4)
-    config = dataclasses.replace(TINY, rc_augment=True)
-    return save_model(build_model(config), tmp_path_factory.mktemp("strand") / "strand.keras")
+    from model import InputConfig
+
+    return save_model(build_model(TINY, InputConfig(rc_augment=True)), tmp_path_factory.mktemp("strand") / "strand.keras")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from model import (
+    InputConfig,
     ModelConfig,
     StrandAveraged,
     TrainConfig,
@@ -79,7 +80,7 @@ def test_the_default_recipe_takes_the_seeds_sgd_steps():
         (TrainConfig, {"lr_schedule": "cosine"}, r"lr_schedule must be one of \['constant', 'one_cycle', 'warmup_cosine'\]; got 'cosine'"),
         (TrainConfig, {"warmup_fraction": 1.0}, r"TrainConfig\.warmup_fraction must be in \[0, 1\); got 1\.0"),
         (TrainConfig, {"weight_decay": -0.1}, r"weight_decay must be >= 0; got -0\.1"),
-        (ModelConfig, {"rc_augment": 1}, r"ModelConfig\.rc_augment must be True or False; got 1"),
+        (InputConfig, {"rc_augment": 1}, r"InputConfig\.rc_augment must be True or False; got 1"),
     ],
 )
 def test_invalid_recipes_say_what_to_change(cls, kwargs, message):
@@ -199,9 +200,9 @@ def test_reverse_complement_of_codes_and_one_hot():
 def test_strand_averaged_model_is_strand_symmetric_and_round_trips(tmp_path):
     import tensorflow as tf
 
-    config = ModelConfig(channels=48, transformer_layers=1, rc_augment=True)
+    config = ModelConfig(channels=48, transformer_layers=1)
     keras.utils.set_random_seed(0)
-    training = compile_for_training(build_training_model(config), TrainConfig(jit_compile=False))
+    training = compile_for_training(build_training_model(config, InputConfig(rc_augment=True)), TrainConfig(jit_compile=False))
     training.train_on_batch(random_codes(8), np.linspace(0.5, 2.0, 8).astype("float32"))
     codes = random_codes(6, seed=3)
     forward = training.predict(codes, verbose=0)
@@ -225,7 +226,7 @@ def test_strand_averaged_model_is_strand_symmetric_and_round_trips(tmp_path):
 def test_strand_averaged_model_keeps_float32_under_mixed_precision():
     try:
         set_precision(TrainConfig(mixed_precision=True))
-        training = compile_for_training(build_training_model(ModelConfig(channels=48, transformer_layers=1, rc_augment=True)), TrainConfig(jit_compile=False))
+        training = compile_for_training(build_training_model(ModelConfig(channels=48, transformer_layers=1), InputConfig(rc_augment=True)), TrainConfig(jit_compile=False))
         inner = core_model(training).get_layer("strand_averaged").layer
         assert inner.get_layer("transformer").compute_dtype == "bfloat16"
         training.train_on_batch(random_codes(4), np.ones(4, dtype="float32"))
