@@ -34,10 +34,16 @@ def baseline_config(fixed: dict) -> dict:
 
 
 def legnet_reference(fixed: dict) -> dict:
-    """The published LegNet as the study runs it: its recipe over the study's fixed fields."""
-    from model import LEGNET_RECIPE
+    """The published LegNet as the study runs it: every field as published but the study's epochs and seed.
 
-    return {**fixed, **LEGNET_RECIPE}
+    Every field is spelled out, so the study's other fixed fields (a `--set` for its
+    searched trials, which Ray merges into every trial's config) never change it.
+    """
+    from model import LEGNET_RECIPE, split_config
+
+    study_fields = ("epochs", "seed", *EXECUTION_FIELDS)
+    published = {k: v for k, v in split_config(LEGNET_RECIPE).to_flat().items() if k not in study_fields}
+    return {**published, **{k: v for k, v in fixed.items() if k in study_fields}}
 
 
 # The reference trials by the name their runs carry, each from the study's fixed fields.

@@ -181,7 +181,7 @@ class AutoscalingHead:
             "--experiment", EXPERIMENT, "--tracking-uri", self.tracking_uri,
             "--storage-path", str(self.shared / "ray_results"), "--shared-storage",
             "--space", str(space), "--num-trials", "2", "--max-concurrent", "2", "--scheduler", "none",
-            "--max-epochs", "2", "--batch-size", str(TINY["batch_size"]), *tiny, *extra,
+            "--max-epochs", "2", "--batch-size", str(TINY["batch_size"]), "--no-legnet-reference", *tiny, *extra,
         ]
 
     def runs(self, study: str):

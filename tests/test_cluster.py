@@ -439,7 +439,8 @@ def test_local_storage_is_refused_on_the_cluster_before_anything_starts(cluster,
 @pytest.mark.slow
 def test_search_trials_run_on_both_workers_and_log_to_the_mlflow_server(cluster, tmp_path):
     command = cluster.dream_hpo("search", "spread", "--space", str(write_space(tmp_path)), "--num-trials", "2",
-                                "--max-concurrent", "2", "--scheduler", "none", "--max-epochs", "2")
+                                "--max-concurrent", "2", "--scheduler", "none", "--max-epochs", "2",
+                                "--no-legnet-reference")
     assert subprocess.run(command, cwd=tmp_path, env=cluster.env, timeout=600).returncode == 0
 
     results = trial_results(cluster.storage / "spread")
@@ -497,7 +498,7 @@ def test_trial_on_a_lost_worker_resumes_from_its_checkpoint_on_the_other(cluster
 def test_killed_driver_resumes_the_search_with_one_run_per_trial(cluster, tmp_path):
     command = cluster.dream_hpo("search", "driver-lost", "--space", str(write_space(tmp_path)), "--num-trials", "3",
                                 "--max-concurrent", "2", "--scheduler", "none", "--max-epochs", "2",
-                                "--register-as", "driver-lost-best")
+                                "--register-as", "driver-lost-best", "--no-legnet-reference")
     experiment = cluster.storage / "driver-lost"
     driver = subprocess.Popen(command, cwd=tmp_path, env=cluster.env)
     try:

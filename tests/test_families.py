@@ -115,23 +115,25 @@ def test_the_published_legnet_counts_1725122_parameters_and_serves_one_hot():
 
 
 @pytest.mark.parametrize("architecture", [SMALL_ENFORMER, SMALL_LEGNET], ids=["mini_enformer", "legnet"])
-def test_strand_averaging_with_the_strand_channel_is_symmetric(architecture):
-    inputs = InputConfig(strand_channel=True, output_head="bins")
+def test_strand_averaging_is_symmetric(architecture):
+    """Without a strand channel the served model cannot tell the strands apart: a sequence and its reverse
+    complement get one prediction. With the channel the network is told which strand it reads (a construct has
+    an orientation in the plasmid), and what is served is the mean of its two views of the measured sequence,
+    which swapping the views leaves unchanged."""
     keras.utils.set_random_seed(0)
-    served = build_model(architecture, inputs)
     codes = np.random.default_rng(2).integers(0, 4, size=(6, 85)).astype(np.uint8)
-    forward = served.predict(one_hot(codes), verbose=0)
-    reverse = served.predict(one_hot(reverse_complement_codes(codes)), verbose=0)
-    np.testing.assert_allclose(forward, reverse, rtol=1e-5)
-    # The network alone sees which strand it reads (the channel): its two halves differ, their mean is served.
+    x, x_reverse = one_hot(codes), one_hot(reverse_complement_codes(codes))
+    averaged = build_model(architecture, InputConfig(rc_augment=True, output_head="bins"))
+    np.testing.assert_allclose(averaged.predict(x, verbose=0), averaged.predict(x_reverse, verbose=0), rtol=1e-5)
+
+    served = build_model(architecture, InputConfig(strand_channel=True, output_head="bins"))
     network = served.get_layer("strand_averaged").layer
-    x = one_hot(codes)
     with_channel = lambda seq, strand: np.concatenate([seq, np.full((*seq.shape[:2], 1), strand, np.float32)], -1)  # noqa: E731
     bins = np.arange(18, dtype=np.float32)
-    one = network.predict(with_channel(x, 0.0), verbose=0) @ bins
-    other = network.predict(with_channel(one_hot(reverse_complement_codes(codes)), 1.0), verbose=0) @ bins
-    assert not np.allclose(one, other)
-    np.testing.assert_allclose(forward[:, 0], (one + other) / 2, rtol=1e-5)
+    forward_view = network.predict(with_channel(x, 0.0), verbose=0) @ bins
+    reverse_view = network.predict(with_channel(x_reverse, 1.0), verbose=0) @ bins
+    assert not np.allclose(forward_view, reverse_view)  # the network alone sees which strand it reads
+    np.testing.assert_allclose(served.predict(x, verbose=0)[:, 0], (forward_view + reverse_view) / 2, rtol=1e-5)
 
 
 def train_batch(inputs: InputConfig, n: int = 32):
@@ -148,12 +150,11 @@ def test_each_ingredient_builds_trains_a_step_and_lowers_the_loss(architecture, 
     inputs = INGREDIENTS[ingredient]
     keras.utils.set_random_seed(0)
     training = build_training_model(architecture, inputs)
-    compile_for_training(training, TrainConfig(optimizer="adam", learning_rate=1e-3, jit_compile=False), None, inputs.output_head)
+    compile_for_training(training, TrainConfig(optimizer="adam", learning_rate=3e-3, jit_compile=False), None, inputs.output_head)
     x, y = train_batch(inputs)
-    before = float(training.evaluate(x, y, verbose=0))
-    for _ in range(3):
-        training.train_on_batch(x, y)
-    assert float(training.evaluate(x, y, verbose=0)) < before
+    # train_on_batch returns the loss before its update (in training mode, as batch norm trains).
+    losses = [float(training.train_on_batch(x, y)) for _ in range(8)]
+    assert losses[-1] < losses[0], losses
     served = core_model(training)
     assert served.input_shape == (None, inputs.length, 4) and served.output_shape == (None, 1)
     windows = x[0] if isinstance(x, tuple) else x
@@ -176,13 +177,10 @@ def test_each_ingredient_trains_under_jax():
             for name, inputs in INGREDIENTS.items():
                 keras.utils.set_random_seed(0)
                 training = build_training_model(architecture, inputs)
-                compile_for_training(training, TrainConfig(optimizer="adam", learning_rate=1e-3), None, inputs.output_head)
+                compile_for_training(training, TrainConfig(optimizer="adam", learning_rate=3e-3), None, inputs.output_head)
                 x, y = train_batch(inputs)
-                before = float(training.evaluate(x, y, verbose=0))
-                for _ in range(3):
-                    training.train_on_batch(x, y)
-                after = float(training.evaluate(x, y, verbose=0))
-                assert after < before, (type(architecture).__name__, name, before, after)
+                losses = [float(training.train_on_batch(x, y)) for _ in range(8)]
+                assert losses[-1] < losses[0], (type(architecture).__name__, name, losses)
         print("ok")
         """
     )
@@ -198,14 +196,17 @@ def test_each_ingredient_trains_under_jax():
 def test_references_are_recognised_from_the_study_fixed_fields():
     from search.baseline import baseline_config, legnet_reference, reference_of
 
-    fixed = {"epochs": 3, "seed": 2, "channels": 96, "learning_rate": 0.05}
+    fixed = {"epochs": 3, "seed": 2, "channels": 96, "learning_rate": 0.05, "kernel_width": 5}
     reference = legnet_reference(fixed)
     assert reference_of(reference, fixed) == "legnet"
     assert reference_of(baseline_config(fixed), fixed) == "baseline"
     # The recipe wins over the study's --set; the study's epochs and seed still hold.
     resolved = split_config(reference).to_flat()
     assert resolved["learning_rate"] == 0.005 and resolved["epochs"] == 3 and resolved["seed"] == 2
-    assert reference_of({**reference, "kernel_width": 5}, fixed) is None
+    assert resolved["kernel_width"] == 7  # the published architecture, whatever the study --set
+    # Ray merges the study's fixed fields under the reference's own: the reference still wins.
+    assert reference_of({**fixed, **reference}, fixed) == "legnet"
+    assert reference_of({**reference, "kernel_width": 9}, fixed) is None
     assert reference_of({**reference, "jit_compile": True}, fixed) == "legnet"  # execution settings aside
 
 
@@ -312,3 +313,58 @@ def test_a_registered_legnet_predicts_from_a_fresh_process(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]), expected, rtol=1e-5)
+
+
+# ---- a study with the LegNet reference and a space over families ------------------------
+
+
+@pytest.mark.slow
+def test_a_search_over_families_runs_the_legnet_reference_beside_the_baseline(tmp_path, make_synthetic_data):
+    from mlflow.tracking import MlflowClient
+
+    from search.report import trial_table
+    from search.settings import StudyConfig
+    from search.space import parse_space
+    from search.study import run_study
+    from search.tracking import STUDY_KEY_TAG, study_key
+
+    data = make_synthetic_data(700, seed=5, eval_size=200)
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = parse_space(
+        {
+            "model_family": {"type": "categorical", "choices": ["mini_enformer", "legnet"]},
+            "learning_rate": {"type": "float", "low": 0.001, "high": 0.02, "log": True},
+            "stem_channels": {"type": "categorical", "choices": [16, 32]},
+        }
+    )
+    result = run_study(
+        StudyConfig(
+            name="families", data_dir=data, experiment="tests", tracking_uri=tracking_uri,
+            storage_path=str(tmp_path / "ray_results"), gpus_per_trial=0, space=space, num_trials=3,
+            max_concurrent=2, scheduler="asha", grace_period=1, reduction_factor=2, ensemble_size=0,
+            fixed={"epochs": 2, "batch_size": 64, "seed": 0, "jit_compile": False, "channels": 48,
+                   "transformer_layers": 1, "block_channels": [8, 8]},
+            register_as=None,
+        ),
+        progress=lambda m: None,
+    )
+    assert len(result.trials) == 4  # three of the search, the baseline first, and the reference
+    [legnet] = [t for t in result.trials if t.legnet_reference]
+    assert legnet.epochs_trained == 2 and not legnet.baseline  # never stopped early
+    assert legnet.config["model_family"] == "legnet" and legnet.config["learning_rate"] == 0.005
+    others = [t for t in result.trials if not t.legnet_reference and t.interval is not None]
+    assert others and all(t.vs_legnet is not None for t in others)
+    assert any(line.rstrip().endswith("[LegNet reference]") or "[LegNet reference]" in line for line in trial_table(result))
+    assert "vs LegNet [95% CI]" in trial_table(result)[0]
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("tests")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.{STUDY_KEY_TAG} = '{study_key('families')}'")
+    reference_runs = [r for r in runs if r.data.tags.get("run_kind") == "reference"]
+    assert [r.info.run_name for r in reference_runs] == ["legnet-reference"]
+    params = reference_runs[0].data.params
+    assert params["model_family"] == "legnet" and params["strand_channel"] == "True" and "channels" not in params
+    assert int(params["trainable_parameters"]) == 1_725_122  # the published architecture, whatever --set says
+    # Every searched trial is one family's point: no field of the other family in its params.
+    for trial in result.trials:
+        family = trial.config.get("model_family", "mini_enformer")
+        assert ("stem_channels" in trial.searched) == (family == "legnet")

@@ -97,9 +97,30 @@ def test_default_config_has_prix_fixe_parameter_count():
 
 def test_every_knob_changes_the_count_as_the_layout_says():
     assert trainable_count(build_legnet(SMALL)) == sum(prix_fixe_parameter_count(SMALL, INPUTS).values())
-    grouped = [layer for layer in build_legnet(SMALL).get_layer("core").layers if getattr(layer, "groups", 1) > 1]
-    # expansion 2 x (12, 8) in groups of filters_per_group 4.
-    assert [(layer.filters, layer.groups, layer.kernel_size) for layer in grouped] == [(24, 6, (3,)), (16, 4, (3,))]
+    from model.legnet import GroupedConv1D
+
+    grouped = [layer for layer in build_legnet(SMALL).get_layer("core").layers if isinstance(layer, GroupedConv1D)]
+    # expansion 2 x (12, 8) channels, filters_per_group 4 of each group, width 3.
+    assert [tuple(layer.kernel.shape) for layer in grouped] == [(3, 24, 4), (3, 16, 4)]
+
+
+def test_grouped_convolution_is_keras_grouped_conv1d_with_the_same_weights():
+    from model.legnet import GroupedConv1D
+
+    x = np.random.default_rng(0).random((4, 20, 8), dtype=np.float32)
+    grouped = GroupedConv1D(3, 2)
+    ours = numpy(grouped(x))
+    kernel = numpy(grouped.kernel)  # (width, channels, filters_per_group): input channel 2j+i -> output 2j+o
+    reference = keras.layers.Conv1D(8, 3, padding="same", groups=4, use_bias=False)
+    reference.build((None, 20, 8))
+    weights = np.zeros((3, 2, 8), np.float32)
+    for group in range(4):
+        for i in range(2):
+            for o in range(2):
+                weights[:, i, 2 * group + o] = kernel[:, 2 * group + i, o]
+    reference.set_weights([weights])
+    np.testing.assert_allclose(ours, numpy(reference(x)), atol=1e-5)
+    assert kernel.size == int(np.prod(reference.kernel.shape))
 
 
 @pytest.mark.parametrize(

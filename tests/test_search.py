@@ -70,6 +70,7 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
             tracking_uri=tracking_uri,
             storage_path=str(tmp_path / "ray_results"),
             space=parse_space(SMALL_SPACE),
+            legnet_reference=False,
             num_trials=6,
             max_concurrent=2,
             gpus_per_trial=0,
@@ -258,6 +259,7 @@ def test_killed_search_resumes_with_one_mlflow_run_per_trial(tmp_path, search_da
         "--experiment", "tests", "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "ray_results"),
         "--space", str(space_file), "--num-trials", "4", "--max-concurrent", "2", "--gpus-per-trial", "0",
         "--scheduler", "none", "--max-epochs", "3", "--batch-size", "64", "--set", "jit_compile=false", "--register-as", "killed-best",
+        "--no-legnet-reference",
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     MlflowClient(tracking_uri).search_experiments()  # create the store's tables before two processes race to

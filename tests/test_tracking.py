@@ -163,7 +163,7 @@ def test_set_and_config_runs_are_named_for_what_they_are(tmp_path, tiny_data):
         (["--reduction-factor", "1"], "--reduction-factor 1: must be >= 2"),
         (["--name", "a/b"], "--name 'a/b': names a directory of the study's results"),
         (["--set", "num_heads=16"], "the point channels=144, "),
-        (["--set", "sequence_length=100"], "sequence_length=100: trials train on the prepared 85 bp window"),
+        (["--set", "kernel_width=5"], "--set/--config kernel_width: a field of the legnet family, and no trial"),
     ],
 )
 def test_bad_search_settings_are_refused_before_ray_or_mlflow_start(tmp_path, tiny_data, args, message):
@@ -251,7 +251,7 @@ def test_a_study_whose_trials_all_fail_ends_with_a_failed_parent_and_no_registra
     result = run_study(
         StudyConfig(
             name="doomed", data_dir=tiny_data, experiment="tests", tracking_uri=tracking_uri,
-            storage_path=str(tmp_path / "ray_results"), gpus_per_trial=0, num_trials=2, max_concurrent=1,
+            storage_path=str(tmp_path / "ray_results"), gpus_per_trial=0, num_trials=2, max_concurrent=1, legnet_reference=False,
             space=parse_space({"final_dropout": {"type": "float", "low": 0.0, "high": 0.1}}),
             fixed=dict(TINY, epochs=2, learning_rate=1e6, seed=0), register_as="doomed-best",
         ),
