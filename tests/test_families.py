@@ -168,7 +168,7 @@ def test_each_ingredient_builds_trains_a_step_and_lowers_the_loss(architecture, 
 def test_each_ingredient_trains_under_jax():
     pytest.importorskip("jax")
     script = textwrap.dedent(
-        f"""
+        """
         import keras, numpy as np
         from model import InputConfig, LegNetConfig, ModelConfig, TrainConfig, build_training_model, compile_for_training
         from tests.test_families import INGREDIENTS, SMALL_ENFORMER, SMALL_LEGNET, train_batch
