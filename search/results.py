@@ -271,5 +271,8 @@ def summarise(trials, *, observed, kmer, max_epochs, rungs, ensemble_size, exper
 
 
 def write_best_config(best: TrialResult, path: Path) -> None:
-    """The best trial's config as a file `dream-hpo baseline --config` retrains."""
-    path.write_text(json.dumps(best.config, indent=2, sort_keys=True))
+    """The best trial's config as a file `dream-hpo baseline --config` retrains: every field of its family,
+    resolved, and none of another family's (a study's `--set` for its other trials)."""
+    from model.config import split_config
+
+    path.write_text(json.dumps(split_config(best.config).to_flat(), indent=2, sort_keys=True))
