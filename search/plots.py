@@ -43,18 +43,22 @@ def observed_vs_predicted(observed: np.ndarray, predicted: np.ndarray, path: Pat
 
 
 def optuna_figures(trials: list[dict], space: dict, directory) -> dict:
-    """Optimisation history, parameter importances and parallel coordinates of the finished trials."""
+    """Optimisation history, parameter importances and parallel coordinates of the finished trials.
+
+    The LegNet reference is not a point of the search and stays out; in a space over
+    families each trial carries only the parameters its family drew.
+    """
     import optuna
     from optuna.visualization import matplotlib as optuna_plots
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     distributions = {name: parameter.to_optuna() for name, parameter in space.items()}
+    trials = [trial for trial in trials if not trial.legnet_reference]
     for trial in sorted(trials, key=lambda t: t.trial_id or ""):
-        params = {k: trial.config[k] for k in distributions}
-        study.add_trial(
-            optuna.trial.create_trial(params=params, distributions=distributions, value=trial.best_eval_pearson)
-        )
+        drawn = {k: distributions[k] for k in distributions if k in trial.config}
+        params = {k: trial.config[k] for k in drawn}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=drawn, value=trial.best_eval_pearson))
     figures = {"optimization_history": optuna_plots.plot_optimization_history}
     if len(trials) >= 2:
         figures["parallel_coordinate"] = optuna_plots.plot_parallel_coordinate
