@@ -353,6 +353,11 @@ class TrialConfig:
         }
 
 
+def flat_fields() -> list[str]:
+    """Every name a flat trial config, a space, `--set` and `--config` may use, sorted."""
+    return sorted({"model_family", *family_fields(), *InputConfig.fields(), *TrainConfig.fields()})
+
+
 def family_fields() -> dict[str, str]:
     """Each architecture field's family. No two families share a field name, so a flat
     config (and a search space over families) never leaves one ambiguous."""

@@ -269,16 +269,17 @@ def load_trial_config(path: Path) -> dict:
 
 
 def config_setting(text: str) -> tuple[str, object]:
-    """`--set KEY=VALUE`: a model or training config field, the value read as YAML (1e-3, false, adam)."""
+    """`--set KEY=VALUE`: a config field (model_family, a family's, an ingredient's, training's), the value read as
+    YAML (1e-3, false, adam)."""
     from search.space import read_yaml
 
     key, separator, value = text.partition("=")
     if not separator or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key = key.strip()
-    from model.config import ModelConfig, TrainConfig
+    from model.config import flat_fields
 
-    allowed = sorted(set(ModelConfig.fields()) | set(TrainConfig.fields()))
+    allowed = flat_fields()
     if key not in allowed:
         raise argparse.ArgumentTypeError(f"{key!r} is not a config field; allowed: {', '.join(allowed)}")
     if key in FIELDS_WITH_FLAGS:

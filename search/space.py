@@ -189,11 +189,11 @@ def _parameter(name: str, spec, source: str) -> Parameter:
 
 def parse_space(raw: dict, source: str = "search space") -> dict[str, Parameter]:
     """Validate a raw space mapping: known config fields, well-formed ranges, valid values."""
-    from model.config import InputConfig, TrainConfig, family_fields
+    from model.config import flat_fields
 
     if not isinstance(raw, dict) or not raw:
         raise SpaceError(f"{source}: expected a non-empty mapping of parameter name to distribution")
-    allowed = {"model_family", *family_fields(), *InputConfig.fields(), *TrainConfig.fields()}
+    allowed = set(flat_fields())
     space = {}
     for name, spec in raw.items():
         if name not in allowed:
