@@ -35,7 +35,7 @@ def build_network(architecture: ModelConfig | LegNetConfig, inputs: InputConfig)
 
 def _input_layer(network: keras.Model, inputs: InputConfig):
     """What feeds the network: the strand/channel wrapper when the ingredients need one, else the network."""
-    if inputs.both_strands or inputs.strand_channel or inputs.singleton_channel:
+    if inputs.both_strands or inputs.singleton_channel:
         return StrandAveraged(
             network,
             both_strands=inputs.both_strands,

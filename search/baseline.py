@@ -50,11 +50,6 @@ def legnet_reference(fixed: dict) -> dict:
 REFERENCES = {"baseline": baseline_config, "legnet": legnet_reference}
 
 
-def is_baseline(config: dict, fixed: dict) -> bool:
-    """Whether a trial's config (defaults filled in) is the study's baseline; XLA and precision aside."""
-    return not changed_fields(config, fixed)
-
-
 def reference_of(config: dict, fixed: dict) -> str | None:
     """Which reference trial a config is ("baseline", "legnet"), or None for a searched trial."""
     return next((name for name, reference in REFERENCES.items() if not _differences(config, reference(fixed))), None)

@@ -152,13 +152,13 @@ def tune_config(config: StudyConfig):
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         # `group` lets multivariate TPE model each family's own parameters together.
         sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group="model_family" in config.space)
-        define_by_run = {"space": FamilySpace(config.space), "metric": TUNE_METRIC, "mode": "max"}
         # Ray Tune limits the searcher itself from `max_concurrent_trials`.
         search_alg = PrunedAwareOptunaSearch(
             config.max_epochs,
             points_to_evaluate=[baseline_point(config.space, config.fixed)],
             sampler=sampler,
-            **(define_by_run if "model_family" in config.space else {}),
+            # Over families the space is a define-by-run function, which needs the metric up front.
+            **({"space": FamilySpace(config.space), "metric": TUNE_METRIC, "mode": "max"} if "model_family" in config.space else {}),
         )
         if config.references:
             search_alg = WithReferences(search_alg, config.references)
