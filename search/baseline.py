@@ -52,7 +52,12 @@ REFERENCES = {"baseline": baseline_config, "legnet": legnet_reference}
 
 def reference_of(config: dict, fixed: dict) -> str | None:
     """Which reference trial a config is ("baseline", "legnet"), or None for a searched trial."""
-    return next((name for name, reference in REFERENCES.items() if not _differences(config, reference(fixed))), None)
+    return next((name for name, reference in REFERENCES.items() if same_trial(config, reference(fixed))), None)
+
+
+def same_trial(config: dict, other: dict) -> bool:
+    """Whether two configs train the same trial (defaults filled in, execution settings aside)."""
+    return not _differences(config, other)
 
 
 def changed_fields(config: dict, fixed: dict) -> dict:

@@ -8,9 +8,11 @@
 - a trial with no signal by the end of its grace period (best eval r at or below 0, or
   constant or non-finite predictions) stops, whatever the rungs hold.
 
-`WithReferences` hands out the study's extra reference trials (the published LegNet)
-beside the searcher's own, and keeps their results from Optuna: they are not points
-of the search, so TPE must not learn from them.
+`WithReferences` hands out the study's reference trials that are not points of the
+space (the published LegNet in every space but `families`) beside the searcher's own,
+and keeps their results from Optuna, which could not place them. A reference that is a
+point of the space is one of Optuna's trials instead, like the baseline, and TPE learns
+from it.
 
 `PrunedAwareOptunaSearch` tells Optuna that a trial stopped before the last epoch was
 pruned, with the per-epoch scores it reported, instead of finished with its last one,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from search.baseline import baseline_config
+from search.baseline import baseline_config, same_trial
 
 # Config fields a study sets for all its trials, with the flag that sets them.
 STUDY_FIELDS = {"epochs": "--max-epochs", "seed": "--seed"}
@@ -64,6 +64,7 @@ FAMILIES_SPACE = {
     "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
     "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]},
     "lr_schedule": {"type": "categorical", "choices": ["constant", "one_cycle"]},
+    "warmup_fraction": {"type": "float", "low": 0.1, "high": 0.5},
     "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
     "batch_size": {"type": "categorical", "choices": [128, 1024, 10_000]},
 }
@@ -110,6 +111,12 @@ class Parameter:
             step = self.step or 1
             return list(range(int(self.low), int(self.high) + 1, step))
         return [self.low, self.high]
+
+    def contains(self, value) -> bool:
+        """Whether the parameter can draw `value`."""
+        if self.type == "categorical":
+            return value in self.choices
+        return self.low <= value <= self.high and (not self.step or (value - self.low) % self.step == 0)
 
     def to_spec(self) -> dict:
         """The file form of this parameter, as a user would write it."""
@@ -229,16 +236,10 @@ def load_space(path: Path | str | None) -> dict[str, Parameter]:
 def baseline_point(space: dict[str, Parameter], fixed: dict) -> dict:
     """Trial 1: the baseline's values of the searched fields, which the space must contain."""
     baseline = baseline_config(fixed)
-    point = {name: baseline[name] for name in applicable(space, baseline.get("model_family", "mini_enformer"))}
+    point = _fields_searched(space, baseline)
     for name, value in point.items():
         parameter = space[name]
-        inside = (
-            value in parameter.choices
-            if parameter.type == "categorical"
-            else parameter.low <= value <= parameter.high
-            and (not parameter.step or (value - parameter.low) % parameter.step == 0)
-        )
-        if not inside:
+        if not parameter.contains(value):
             allowed = (
                 list(parameter.choices) if parameter.type == "categorical" else f"{parameter.low}..{parameter.high}"
             )
@@ -247,6 +248,22 @@ def baseline_point(space: dict[str, Parameter], fixed: dict) -> dict:
                 "so that trial 1 is the seed's configuration"
             )
     return point
+
+
+def point_of(space: dict[str, Parameter], config: dict, fixed: dict) -> dict | None:
+    """The point a searcher suggests to run exactly `config` (the study's fixed fields added), or None if none does.
+
+    The published LegNet is a point of `--space families` but not of `extended`, which has
+    no `model_family` to pick it with.
+    """
+    point = _fields_searched(space, config)
+    inside = all(space[name].contains(value) for name, value in point.items())
+    return point if inside and same_trial({**fixed, **point}, config) else None
+
+
+def _fields_searched(space: dict[str, Parameter], config: dict) -> dict:
+    """A full config's values of the space's parameters that its family draws."""
+    return {name: config[name] for name in applicable(space, config.get("model_family", "mini_enformer"))}
 
 
 # Above this many combinations the space is checked one parameter at a time.

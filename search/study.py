@@ -14,7 +14,7 @@ from pathlib import Path
 from search import cluster, report, results, settings
 from search.baseline import TrialNaming, reference_of, trial_params
 from search.settings import StudyConfig
-from search.space import Parameter, baseline_point
+from search.space import Parameter, baseline_point, point_of
 from search.trainable import TUNE_METRIC
 
 
@@ -152,16 +152,23 @@ def tune_config(config: StudyConfig):
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         # `group` lets multivariate TPE model each family's own parameters together.
         sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group="model_family" in config.space)
+        # A reference that is a point of the space (LegNet in `families`) is one of
+        # Optuna's trials, like the baseline, so TPE learns from it; the others are not.
+        points = [(reference, point_of(config.space, reference, config.fixed)) for reference in config.references]
         # Ray Tune limits the searcher itself from `max_concurrent_trials`.
         search_alg = PrunedAwareOptunaSearch(
             config.max_epochs,
-            points_to_evaluate=[baseline_point(config.space, config.fixed)],
+            points_to_evaluate=[
+                baseline_point(config.space, config.fixed),
+                *(point for _, point in points if point is not None),
+            ],
             sampler=sampler,
             # Over families the space is a define-by-run function, which needs the metric up front.
             **({"space": FamilySpace(config.space), "metric": TUNE_METRIC, "mode": "max"} if "model_family" in config.space else {}),
         )
-        if config.references:
-            search_alg = WithReferences(search_alg, config.references)
+        outside = [reference for reference, point in points if point is None]
+        if outside:
+            search_alg = WithReferences(search_alg, outside)
     if config.uses_asha:
         from search.scheduler import StudyASHA
 

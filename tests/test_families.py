@@ -276,6 +276,27 @@ def test_with_references_hands_the_reference_out_after_the_baseline_and_keeps_it
     assert restored.suggest("t9") == {"point": 1} and restored.reference_ids == {"t1"}
 
 
+def test_the_legnet_reference_is_one_of_optunas_points_where_the_space_holds_it(tmp_path):
+    from search.baseline import reference_of
+    from search.scheduler import WithReferences
+    from search.settings import StudyConfig
+    from search.space import load_space
+    from search.study import tune_config
+
+    def searcher(space: str, **fixed):
+        fixed = {"epochs": 3, **fixed}
+        config = StudyConfig(name="s", data_dir=tmp_path, space=load_space(space), num_trials=4, fixed=fixed)
+        return tune_config(config).search_alg, fixed
+
+    families, fixed = searcher("families")
+    assert not isinstance(families, WithReferences)  # TPE learns from the reference as from the baseline
+    assert [reference_of({**fixed, **point}, fixed) for point in families._points_to_evaluate] == ["baseline", "legnet"]
+    # `extended` cannot pick LegNet, and a --set the recipe overrides moves it off the space.
+    for outside, fixed in (searcher("extended"), searcher("families", padded_length=120)):
+        assert isinstance(outside, WithReferences) and reference_of(outside.pending[0], fixed) == "legnet"
+        assert [reference_of({**fixed, **p}, fixed) for p in outside.searcher._points_to_evaluate] == ["baseline"]
+
+
 # ---- a registered LegNet in a fresh process ---------------------------------------------
 
 
