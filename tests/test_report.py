@@ -470,9 +470,11 @@ print(f"restored={signal.getsignal(signal.SIGINT) is signal.default_int_handler}
 
 
 def test_first_ctrl_c_asks_tune_to_stop_and_the_second_interrupts_at_once():
+    # A job started in the background inherits SIGINT ignored, and Python then installs no
+    # handler of its own; the child starts as a terminal's foreground command would.
     child = subprocess.Popen(
         [sys.executable, "-c", GRACEFUL], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line.rstrip("\n")) for line in child.stdout], daemon=True).start()
