@@ -45,8 +45,10 @@ def observed_vs_predicted(observed: np.ndarray, predicted: np.ndarray, path: Pat
 def optuna_figures(trials: list[dict], space: dict, directory) -> dict:
     """Optimisation history, parameter importances and parallel coordinates of the finished trials.
 
-    The LegNet reference is not a point of the search and stays out; in a space over
-    families each trial carries only the parameters its family drew.
+    The LegNet reference trial stays out: the figures show the trials the search
+    proposed and the baseline it starts from (in `families` Optuna also learns from the
+    reference, as a point it was given). In a space over families each trial carries
+    only the parameters its family drew.
     """
     import optuna
     from optuna.visualization import matplotlib as optuna_plots
