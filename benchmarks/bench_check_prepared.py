@@ -40,16 +40,23 @@ def build(directory: Path, rows: int, eval_size: int) -> Path:
         codes[start:stop] = rng.integers(0, 5, size=(stop - start, 110), dtype=np.uint8)
     codes.flush()
     del codes
-    np.save(directory / "targets.npy", rng.random(rows, dtype=np.float32))
+    targets = rng.random(rows, dtype=np.float32)
     order = rng.permutation(rows).astype(np.int64)
+    test_index = np.sort(order[eval_size : 2 * eval_size])  # a test split as large as the validation one
     np.save(directory / "eval_index.npy", np.sort(order[:eval_size]))
-    np.save(directory / "train_index.npy", np.sort(order[eval_size:]))
+    np.save(directory / "test_index.npy", test_index)
+    np.save(directory / "train_index.npy", np.sort(order[2 * eval_size :]))
+    np.save(directory / "test_targets.npy", targets[test_index])
+    targets[test_index] = np.nan
+    np.save(directory / "targets.npy", targets)
+    train_size = rows - 2 * eval_size
     manifest = {
         "format_version": FORMAT_VERSION,
         "count": rows,
-        "train_size": rows - eval_size,
+        "train_size": train_size,
         "eval_size": eval_size,
-        "arrays": array_layout(rows, rows - eval_size, eval_size),
+        "test_size": eval_size,
+        "arrays": array_layout(rows, train_size, eval_size, eval_size),
     }
     (directory / MANIFEST).write_text(json.dumps(manifest))
     return directory

@@ -1,8 +1,11 @@
 """Turn a DREAM training file into the arrays every trial memory-maps.
 
 A prepared directory holds `codes.npy` (uint8, n x 110), `targets.npy` (float32),
-`train_index.npy` / `eval_index.npy` (the fixed split) and `manifest.json`, which
-states each array's file, dtype and shape. It is built in a temporary directory
+`train_index.npy` / `eval_index.npy` / `test_index.npy` (the fixed training,
+validation and test splits), `test_targets.npy` and `manifest.json`, which states
+each array's file, dtype and shape. The test split's targets live only in
+`test_targets.npy` (NaN in `targets.npy`), which nothing opens but
+`PreparedData.read_test_targets`, the study's one scoring pass after it has chosen. It is built in a temporary directory
 beside the target and renamed into place only when complete, so a failure leaves
 nothing half-written. `check_prepared` verifies a directory against its manifest
 before anything trains on it.
@@ -26,14 +29,23 @@ import numpy as np
 from data_prep.dream_format import DreamFormatError, read_blocks
 from data_prep.encoding import N_CODE, SEQUENCE_WIDTH, WINDOW_LENGTH, WINDOW_START
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Directories of format 2 (no test split) still load; their figures are validation figures.
+READABLE_VERSIONS = (2, 3)
 MANIFEST = "manifest.json"
 # Caches dream-hpo derives from a prepared set and keeps beside it; part of its layout.
 KMER_REFERENCE_FILE = "kmer_reference.json"
 DERIVED_FILES = (KMER_REFERENCE_FILE,)
-ARRAYS = ("codes", "targets", "train_index", "eval_index")
+ARRAYS = ("codes", "targets", "train_index", "eval_index", "test_index", "test_targets")
 DEFAULT_EVAL_SIZE = 10_000
 DEFAULT_EVAL_RULE = f"the smaller of {DEFAULT_EVAL_SIZE:,} and 10 % of the sequences"
+# The test split has the same default rule as the validation split.
+DEFAULT_TEST_RULE = DEFAULT_EVAL_RULE
+
+
+def default_split_size(count: int) -> int:
+    """The default validation (and test) size: DEFAULT_EVAL_RULE, at least 1."""
+    return max(1, min(DEFAULT_EVAL_SIZE, count // 10))
 
 
 class PreparedDataError(ValueError):
@@ -47,10 +59,12 @@ def prepare(
     split_seed: int = 0,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    test_size: int | None = None,
 ) -> dict:
     """Validate and encode `source` into `out_dir`; returns the manifest.
 
-    `eval_size=None` holds out DEFAULT_EVAL_RULE (at least 1). `out_dir` may exist
+    `eval_size=None` holds out DEFAULT_EVAL_RULE (at least 1) for validation, and
+    `test_size=None` as many again for test; `test_size=0` keeps two splits. `out_dir` may exist
     only as an empty directory or, with `overwrite`, as exactly a prepared layout;
     anything else is refused, never deleted. The data is built beside `out_dir` and
     renamed into place, so a failure or an interruption leaves `out_dir` as it was.
@@ -58,6 +72,8 @@ def prepare(
     source, out_dir = Path(source), Path(out_dir)
     if eval_size is not None and eval_size < 1:
         raise ValueError(f"--eval-size must be at least 1, got {eval_size}")
+    if test_size is not None and test_size < 0:
+        raise ValueError(f"--test-size must be 0 or more (0 keeps no test split), got {test_size}")
     if split_seed < 0:
         raise ValueError(f"--split-seed must be 0 or more, got {split_seed}")
     replaces = check_output_directory(out_dir, overwrite)
@@ -67,7 +83,7 @@ def prepare(
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         scratch.mkdir()
-        manifest = _write_arrays(source, scratch, eval_size, split_seed, progress)
+        manifest = _write_arrays(source, scratch, eval_size, test_size, split_seed, progress)
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _install(scratch, out_dir, replaces)
     except BaseException as error:
@@ -124,7 +140,7 @@ def _prepared_files(directory: Path) -> set[str] | None:
     """The manifest and the array files it names; None without a readable manifest."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
-        arrays = manifest.get("arrays") or {name: {"file": f"{name}.npy"} for name in ARRAYS}
+        arrays = manifest.get("arrays") or {name: {"file": f"{name}.npy"} for name in ARRAYS[:4]}
         derived = {name for name in DERIVED_FILES if (directory / name).is_file()}
         return {MANIFEST, *(str(spec["file"]) for spec in arrays.values()), *derived}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -155,17 +171,26 @@ def _install(scratch: Path, out_dir: Path, replaces: set[str] | None) -> None:
         old.rmdir()
 
 
-def array_layout(count: int, train_size: int, eval_size: int) -> dict:
-    """File, dtype and shape of each array of a prepared directory, as its manifest states them."""
-    return {
+def array_layout(count: int, train_size: int, eval_size: int, test_size: int | None) -> dict:
+    """File, dtype and shape of each array of a prepared directory, as its manifest states them.
+
+    `test_size=None` is the layout of format 2, which had no test split.
+    """
+    layout = {
         "codes": {"file": "codes.npy", "dtype": "uint8", "shape": [count, SEQUENCE_WIDTH]},
         "targets": {"file": "targets.npy", "dtype": "float32", "shape": [count]},
         "train_index": {"file": "train_index.npy", "dtype": "int64", "shape": [train_size]},
         "eval_index": {"file": "eval_index.npy", "dtype": "int64", "shape": [eval_size]},
     }
+    if test_size is None:
+        return layout
+    return layout | {
+        "test_index": {"file": "test_index.npy", "dtype": "int64", "shape": [test_size]},
+        "test_targets": {"file": "test_targets.npy", "dtype": "float32", "shape": [test_size]},
+    }
 
 
-def _write_arrays(source: Path, scratch: Path, eval_size: int | None, split_seed: int, progress) -> dict:
+def _write_arrays(source: Path, scratch: Path, eval_size: int | None, test_size: int | None, split_seed: int, progress) -> dict:
     lengths = np.zeros(0, dtype=np.int64)
     targets = []
     count = n_characters = 0
@@ -183,28 +208,41 @@ def _write_arrays(source: Path, scratch: Path, eval_size: int | None, split_seed
         codes_file.seek(0)
         codes_file.write(final_header)
     eval_rule = "--eval-size" if eval_size is not None else DEFAULT_EVAL_RULE
-    if eval_size is None:
-        eval_size = max(1, min(DEFAULT_EVAL_SIZE, count // 10))
-    if eval_size >= count:
+    test_rule = "--test-size" if test_size is not None else DEFAULT_TEST_RULE
+    eval_size = default_split_size(count) if eval_size is None else eval_size
+    test_size = default_split_size(count) if test_size is None else test_size
+    if eval_size + test_size >= count:
         raise DreamFormatError(
-            source, f"has {count:,} sequences; the evaluation split of {eval_size:,} must leave training data"
+            source,
+            f"has {count:,} sequences; the validation split of {eval_size:,} and the test split of "
+            f"{test_size:,} must leave training data",
         )
     targets = np.concatenate(targets).astype(np.float32)
-    np.save(scratch / "targets.npy", targets)
+    statistics = _target_statistics(targets)
+    # One seeded permutation: validation first (the same rows as with --test-size 0), then test.
     order = np.random.default_rng(split_seed).permutation(count).astype(np.int64)
-    np.save(scratch / "eval_index.npy", np.sort(order[:eval_size]))
-    np.save(scratch / "train_index.npy", np.sort(order[eval_size:]))
+    eval_index = np.sort(order[:eval_size])
+    test_index = np.sort(order[eval_size : eval_size + test_size])
+    np.save(scratch / "eval_index.npy", eval_index)
+    np.save(scratch / "test_index.npy", test_index)
+    np.save(scratch / "train_index.npy", np.sort(order[eval_size + test_size :]))
+    np.save(scratch / "test_targets.npy", targets[test_index])
+    targets[test_index] = np.nan  # reachable only through test_targets.npy
+    np.save(scratch / "targets.npy", targets)
+    train_size = count - eval_size - test_size
     return {
         "format_version": FORMAT_VERSION,
         "source": str(source.resolve()),
         "source_sha256": sha256(source),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "count": count,
-        "train_size": count - eval_size,
+        "train_size": train_size,
         "eval_size": eval_size,
         "eval_size_rule": eval_rule,
+        "test_size": test_size,
+        "test_size_rule": test_rule,
         "split_seed": split_seed,
-        "arrays": array_layout(count, count - eval_size, eval_size),
+        "arrays": array_layout(count, train_size, eval_size, test_size),
         "sequence_width": SEQUENCE_WIDTH,
         "window_start": WINDOW_START,
         "window_length": WINDOW_LENGTH,
@@ -212,24 +250,27 @@ def _write_arrays(source: Path, scratch: Path, eval_size: int | None, split_seed
         "truncated": int(lengths[SEQUENCE_WIDTH + 1 :].sum()),
         "padded": int(lengths[:SEQUENCE_WIDTH].sum()),
         "n_characters": n_characters,
-        "expression": {
-            "min": float(targets.min()),
-            "max": float(targets.max()),
-            "mean": float(targets.mean()),
-            "std": float(targets.std()),
-            "whole_numbers": float(np.mean(targets == np.round(targets))),
-        },
+        "expression": statistics,
     }
 
 
-def _npy_header(rows: int) -> bytes:
-    """The .npy header of a (rows, 110) uint8 array; NumPy pads it so its size never depends on rows."""
+def _target_statistics(targets: np.ndarray) -> dict:
+    return {
+        "min": float(targets.min()),
+        "max": float(targets.max()),
+        "mean": float(targets.mean()),
+        "std": float(targets.std()),
+        "whole_numbers": float(np.mean(targets == np.round(targets))),
+    }
+
+
+def _npy_header(rows: int, dtype: str = "|u1", width: int | None = SEQUENCE_WIDTH) -> bytes:
+    """The .npy header of a (rows, width) array (width None: 1-D); NumPy pads it so its size never depends on rows."""
     import io
 
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buffer, {"descr": "|u1", "fortran_order": False, "shape": (rows, SEQUENCE_WIDTH)}
-    )
+    shape = (rows,) if width is None else (rows, width)
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
     return buffer.getvalue()
 
 
@@ -254,8 +295,9 @@ def check_prepared(directory) -> dict:
     """The manifest of a prepared directory whose arrays are all there, whole and in range.
 
     Reads each array's .npy header and size, then scans the values once through a
-    memory map: codes within 0..4, targets finite and >= 0, the split's indices a
-    partition of the rows. Raises `PreparedDataError` naming the file, the value and
+    memory map: codes within 0..4, targets finite and >= 0 (NaN on test rows), the
+    splits' indices a partition of the rows. `test_targets.npy` is checked by its size
+    alone, without opening it: the study must not read it before it has chosen. Raises `PreparedDataError` naming the file, the value and
     what is allowed, so a broken directory is refused before any trial starts.
     """
     directory = Path(directory)
@@ -275,28 +317,46 @@ def check_prepared(directory) -> dict:
     if not isinstance(manifest, dict):
         raise PreparedDataError(f"{manifest_path}: holds a {type(manifest).__name__}, not a JSON object; {again}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise PreparedDataError(
-            f"{manifest_path}: format_version is {version!r}; this dream-hpo reads {FORMAT_VERSION}: {again}"
+            f"{manifest_path}: format_version is {version!r}; this dream-hpo reads {list(READABLE_VERSIONS)}: {again}"
         )
-    for key, least in (("count", 2), ("train_size", 1), ("eval_size", 1)):
+    sizes = {"count": 2, "train_size": 1, "eval_size": 1} | ({"test_size": 0} if version >= 3 else {})
+    for key, least in sizes.items():
         value = manifest.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise PreparedDataError(f"{manifest_path}: {key} is {value!r}; it must be a whole number >= {least}")
     count, train_size, eval_size = manifest["count"], manifest["train_size"], manifest["eval_size"]
-    if train_size + eval_size != count:
+    test_size = manifest.get("test_size") if version >= 3 else None
+    if train_size + eval_size + (test_size or 0) != count:
         raise PreparedDataError(
-            f"{manifest_path}: train_size {train_size:,} + eval_size {eval_size:,} must equal count {count:,}"
+            f"{manifest_path}: train_size {train_size:,} + eval_size {eval_size:,}"
+            + (f" + test_size {test_size:,}" if test_size is not None else "")
+            + f" must equal count {count:,}"
         )
-    expected = array_layout(count, train_size, eval_size)
+    expected = array_layout(count, train_size, eval_size, test_size)
     if manifest.get("arrays") != expected:
         raise PreparedDataError(
             f"{manifest_path}: arrays is {manifest.get('arrays')!r}; for its counts it must be {expected}"
         )
-    for spec in expected.values():
-        _check_npy(directory / spec["file"], np.dtype(spec["dtype"]), tuple(spec["shape"]))
-    _check_values(directory, count)
+    for name, spec in expected.items():
+        if name != "test_targets":
+            _check_npy(directory / spec["file"], np.dtype(spec["dtype"]), tuple(spec["shape"]))
+    if test_size is not None:
+        _check_size_unopened(directory / expected["test_targets"]["file"], test_size)
+    _check_values(directory, count, test_size is not None)
     return manifest
+
+
+def _check_size_unopened(path: Path, rows: int) -> None:
+    """The test targets file is there with the size a float32 array of `rows` needs; its contents are not read."""
+    if not path.is_file():
+        raise PreparedDataError(f"{path}: missing; {MANIFEST} names it")
+    needed = len(_npy_header(rows, "<f4", None)) + 4 * rows
+    size = path.stat().st_size
+    if size != needed:
+        state = "truncated" if size < needed else "longer than its array"
+        raise PreparedDataError(f"{path}: {state}: {size:,} bytes where float32 ({rows},) needs {needed:,}")
 
 
 def _check_npy(path: Path, dtype: np.dtype, shape: tuple) -> None:
@@ -323,7 +383,7 @@ def _check_npy(path: Path, dtype: np.dtype, shape: tuple) -> None:
         raise PreparedDataError(f"{path}: {state}: {size:,} bytes where {dtype} {shape} needs {needed:,}")
 
 
-def _check_values(directory: Path, count: int) -> None:
+def _check_values(directory: Path, count: int, has_test_split: bool) -> None:
     codes = np.load(directory / "codes.npy", mmap_mode="r")
     if codes.max() > N_CODE:
         for start in range(0, count, 1 << 20):
@@ -334,30 +394,33 @@ def _check_values(directory: Path, count: int) -> None:
                     f"{directory / 'codes.npy'}: row {start + row:,}, column {column} holds code "
                     f"{chunk[row, column]}; codes must be 0..{N_CODE} (A, C, G, T, N)"
                 )
-    targets = np.load(directory / "targets.npy", mmap_mode="r")
-    bad = ~(np.isfinite(targets) & (targets >= 0))
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise PreparedDataError(
-            f"{directory / 'targets.npy'}: row {row:,} holds {targets[row]}; targets must be finite and >= 0"
-        )
+    splits = ("eval_index", "test_index", "train_index") if has_test_split else ("eval_index", "train_index")
     seen = np.zeros(count, dtype=bool)
-    for name in ("eval_index", "train_index"):
+    for name in splits:
         index = np.load(directory / f"{name}.npy", mmap_mode="r")
         out_of_range = (index < 0) | (index >= count)
         if out_of_range.any() or seen[index].any():
             row = int(np.argmax(out_of_range)) if out_of_range.any() else int(np.argmax(seen[index]))
-            problem = f"outside 0..{count - 1:,}" if out_of_range.any() else "also in the evaluation split"
+            problem = f"outside 0..{count - 1:,}" if out_of_range.any() else "also in an earlier split"
             raise PreparedDataError(
                 f"{directory / name}.npy: entry {row:,} holds row {index[row]:,}, {problem}; "
-                "the split must divide the rows between training and evaluation"
+                f"the splits ({', '.join(splits)}) must divide the rows between them"
             )
         seen[index] = True
     if not seen.all():
         raise PreparedDataError(
-            f"{directory}: row {int(np.argmin(seen)):,} is in neither train_index.npy nor eval_index.npy (an index "
-            "repeats); the split must divide the rows between training and evaluation"
+            f"{directory}: row {int(np.argmin(seen)):,} is in none of {', '.join(splits)} (an index "
+            "repeats); the splits must divide the rows between them"
         )
+    targets = np.load(directory / "targets.npy", mmap_mode="r")
+    test_rows = np.zeros(count, dtype=bool)
+    if has_test_split:
+        test_rows[np.load(directory / "test_index.npy", mmap_mode="r")] = True
+    bad = ~np.where(test_rows, np.isnan(targets), np.isfinite(targets) & (targets >= 0))
+    if bad.any():
+        row = int(np.argmax(bad))
+        allowed = "NaN on a test row (its target is in test_targets.npy)" if test_rows[row] else "finite and >= 0"
+        raise PreparedDataError(f"{directory / 'targets.npy'}: row {row:,} holds {targets[row]}; it must be {allowed}")
 
 
 @dataclass
@@ -367,13 +430,35 @@ class PreparedData:
     directory: Path
     manifest: dict
     codes: np.ndarray
-    targets: np.ndarray
+    targets: np.ndarray  # NaN on test rows
     train_index: np.ndarray
-    eval_index: np.ndarray
+    eval_index: np.ndarray  # the validation split: every choice of a study is made on it
+    test_index: np.ndarray  # empty without a test split
 
     @classmethod
     def load(cls, directory) -> "PreparedData":
+        """The arrays a study may read while it chooses: everything but the test targets."""
         directory = Path(directory)
         manifest = check_prepared(directory)
-        arrays = {name: np.load(directory / spec["file"], mmap_mode="r") for name, spec in manifest["arrays"].items()}
+        arrays = {
+            name: np.load(directory / spec["file"], mmap_mode="r")
+            for name, spec in manifest["arrays"].items()
+            if name != "test_targets"
+        }
+        arrays.setdefault("test_index", np.zeros(0, dtype=np.int64))
         return cls(directory, manifest, **arrays)
+
+    @property
+    def has_test_split(self) -> bool:
+        return len(self.test_index) > 0
+
+    def read_test_targets(self) -> np.ndarray:
+        """The test split's targets, in test_index order: for the one scoring pass after the study has chosen."""
+        path = self.directory / self.manifest["arrays"]["test_targets"]["file"]
+        _check_npy(path, np.dtype("float32"), (len(self.test_index),))
+        targets = np.load(path)
+        bad = ~(np.isfinite(targets) & (targets >= 0))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise PreparedDataError(f"{path}: entry {row:,} holds {targets[row]}; targets must be finite and >= 0")
+        return targets

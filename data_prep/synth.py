@@ -179,11 +179,15 @@ def write_synthetic(path, n: int, seed: int = 0, progress=None) -> Path:
 
 
 def ensure_synthetic(cache_dir, n: int, seed: int = 0, eval_size: int = 10_000, progress=None) -> Path:
-    """The prepared synthetic set for (n, seed, eval_size), generated once into `cache_dir` and reused."""
-    from data_prep.prepare import PreparedDataError, check_prepared, prepare
+    """The prepared synthetic set for (n, seed, eval_size), generated once into `cache_dir` and reused.
+
+    The test split has the default rule; the format version is in the name, so a set an
+    earlier version prepared is made again with this version's splits.
+    """
+    from data_prep.prepare import FORMAT_VERSION, PreparedDataError, check_prepared, prepare
 
     cache_dir = Path(cache_dir)
-    prepared = cache_dir / f"synthetic-n{n}-seed{seed}-eval{eval_size}"
+    prepared = cache_dir / f"synthetic-v{FORMAT_VERSION}-n{n}-seed{seed}-eval{eval_size}"
     try:
         check_prepared(prepared)
     except PreparedDataError:  # not made yet, or by an older format: make it (again)

@@ -39,7 +39,7 @@ FOLDS = 3
 # sequences the fit uses a seeded subsample.
 MAX_FIT_ROWS = 100_000
 CHUNK_ROWS = 2_048
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def kmer_counts(windows: np.ndarray) -> np.ndarray:
@@ -190,7 +190,8 @@ def predict_kmer_ridge(fit: dict, windows) -> np.ndarray:
 def kmer_reference(data_dir, max_fit_rows: int = MAX_FIT_ROWS, seed: int = 0) -> dict:
     """The k-mer reference of a prepared directory: fitted once, then read from its cache.
 
-    Returns {pearson, predicted (eval split, in eval_index order), penalty, cv_pearson,
+    Returns {pearson, predicted (eval split, in eval_index order), test_predicted (test
+    split, in test_index order; empty without one), penalty, cv_pearson,
     n_fit, n_train, n_eval, folds, kmer_sizes, seconds, ...}. The cache
     (`kmer_reference.json` beside the arrays, written atomically) is reused only
     when it was made from the same source file (the manifest's sha256), split and
@@ -204,6 +205,7 @@ def kmer_reference(data_dir, max_fit_rows: int = MAX_FIT_ROWS, seed: int = 0) ->
         "source_sha256": data.manifest["source_sha256"],
         "split_seed": data.manifest["split_seed"],
         "eval_size": data.manifest["eval_size"],
+        "test_size": data.manifest.get("test_size", 0),
         "max_fit_rows": max_fit_rows,
         "seed": seed,
         "folds": FOLDS,
@@ -225,6 +227,8 @@ def kmer_reference(data_dir, max_fit_rows: int = MAX_FIT_ROWS, seed: int = 0) ->
         "key": key,
         "pearson": pearson(observed, predicted),
         "predicted": [round(float(v), 6) for v in predicted],
+        # Predictions only: the test targets stay unread until the study's scoring pass.
+        "test_predicted": [round(float(v), 6) for v in predict_kmer_ridge(fit, window(data.codes, data.test_index, 0))],
         "penalty": fit["penalty"],
         "cv_pearson": {f"{p:g}": v for p, v in fit["cv_pearson"].items()},
         "n_fit": int(len(train_rows)),

@@ -43,16 +43,30 @@ def cmd_prepare(args) -> int:
         args.train,
         args.out,
         eval_size=args.eval_size,
+        test_size=args.test_size,
         split_seed=args.split_seed,
         overwrite=args.overwrite,
         progress=_progress_bar(f"prepare {args.train.name}"),
     )
-    rule = "" if args.eval_size else f", by default {manifest['eval_size_rule']}"
     print(
-        f"prepared {manifest['count']:,} sequences ({manifest['eval_size']:,} held out for evaluation{rule}) "
-        f"into {args.out}"
+        f"prepared {manifest['count']:,} sequences into {args.out}: {manifest['train_size']:,} for training, "
+        f"{manifest['eval_size']:,} for validation and {manifest['test_size']:,} for test"
+        + _default_splits(args.eval_size, args.test_size)
     )
+    if not manifest["test_size"]:
+        print("no test split (--test-size 0): a study's figures on this data are validation figures")
     return 0
+
+
+def _default_splits(eval_size: int | None, test_size: int | None) -> str:
+    """Which held-out split took the default rule, for prepare's summary line."""
+    from data_prep.prepare import DEFAULT_EVAL_RULE as rule
+
+    if eval_size is None and test_size is None:
+        return f" ({rule} each)"
+    if eval_size is None or test_size is None:
+        return f" (the {'validation' if eval_size is None else 'test'} split by default: {rule})"
+    return ""
 
 
 def cmd_synth(args) -> int:
@@ -181,7 +195,7 @@ def cmd_baseline(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from search.report import ensemble_line, trial_table
+    from search.report import ensemble_line, test_line, trial_table
     from search.results import write_best_config
     from search.study import run_study
 
@@ -192,6 +206,8 @@ def cmd_search(args) -> int:
     result = run_study(config)
     print()
     print("\n".join(trial_table(result)))
+    if test_line(result):
+        print(test_line(result))
     best = result.best
     if best:
         out = args.best_config or Path(f"{config.name}-best_config.json")
@@ -383,9 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an earlier prepared --out (only a manifest and its arrays; anything else is never deleted)",
     )
     prepare.add_argument(
-        "--eval-size", type=int, help="held-out sequences (default: the smaller of 10,000 and 10%% of the sequences)"
+        "--eval-size",
+        type=int,
+        help="validation sequences, on which a study makes every choice (default: the smaller of 10,000 and 10%% "
+        "of the sequences)",
     )
-    prepare.add_argument("--split-seed", type=int, default=0, help="seed of the eval split (default: %(default)s)")
+    prepare.add_argument(
+        "--test-size",
+        type=int,
+        help="test sequences, scored once when a study has chosen (default: as --eval-size; 0: no test split, "
+        "for scoring on your own test file)",
+    )
+    prepare.add_argument("--split-seed", type=int, default=0, help="seed of the splits (default: %(default)s)")
     prepare.set_defaults(handler=cmd_prepare)
 
     synth = commands.add_parser(

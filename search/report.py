@@ -8,8 +8,8 @@ from pathlib import Path
 from search.results import Compute, EnsembleResult, Interval, StudyResult
 
 
-def header(config, gpus: float, tracking_uri: str) -> str:
-    """The study's first lines: what runs, on what data and resources, and where results go."""
+def header(config, gpus: float, tracking_uri: str, manifest: dict) -> str:
+    """The study's first lines: what runs, on what data, splits and resources, and where results go."""
     from search.settings import experiment_path
 
     kind = f"search of {config.num_trials} trials" if config.searched else "one trial"
@@ -20,9 +20,19 @@ def header(config, gpus: float, tracking_uri: str) -> str:
     return (
         f"study '{config.name}': {kind} ({config.max_epochs} epochs at most{schedule}{concurrency})\n"
         f"  data:      {Path(config.data_dir).resolve()}\n"
+        f"  splits:    {splits_line(manifest)}\n"
         f"  resources: {gpus:g} GPU and {config.cpus_per_trial:g} CPU per trial, Keras on {config.backend}\n"
         f"  results:   MLflow {tracking_uri} (experiment '{config.experiment}'), checkpoints {experiment_path(config)}"
     )
+
+
+def splits_line(manifest: dict) -> str:
+    """How the prepared data divides, and what each split decides."""
+    test_size = manifest.get("test_size", 0)
+    line = f"{manifest['train_size']:,} training, {manifest['eval_size']:,} validation (every choice)"
+    if test_size:
+        return line + f", {test_size:,} test (scored once, after the study has chosen)"
+    return line + "; no test split, so every figure is a validation figure"
 
 
 def reference_line(reference: dict) -> str:
@@ -47,9 +57,11 @@ def trial_table(result: StudyResult, top: int = 10) -> list[str]:
     split. Failed trials come last with their reason; trials beyond `top` are counted.
     The references always show, ranked among the others or below the top.
     """
-    legnet = result.legnet is not None
+    legnet, test = result.legnet is not None, result.test_size > 0
     lines = [
-        f"{'rank':>4}  {'trial':<12} {'eval r [95% CI]':<24} {'vs baseline [95% CI]':<26} "
+        f"{'rank':>4}  {'trial':<12} {'eval r [95% CI]':<24} "
+        + (f"{'test r [95% CI]':<24} " if test else "")
+        + f"{'vs baseline [95% CI]':<26} "
         + (f"{'vs LegNet [95% CI]':<26} " if legnet else "")
         + f"{'vs k-mer [95% CI]':<26} {'epochs':>6} {'hours':>7}  status     config"
     ]
@@ -66,7 +78,8 @@ def trial_table(result: StudyResult, top: int = 10) -> list[str]:
         tag = "[baseline] " if trial.baseline else "[LegNet reference] " if trial.legnet_reference else ""
         lines.append(
             f"{shown_rank:>4}  {(trial.trial_id or '?'):<12} {pearson:<24} "
-            f"{_interval(trial.vs_baseline, signed=True):<26} "
+            + (f"{_interval(trial.test.pearson if trial.test else None):<24} " if test else "")
+            + f"{_interval(trial.vs_baseline, signed=True):<26} "
             + (f"{_interval(trial.vs_legnet, signed=True):<26} " if legnet else "")
             + f"{_interval(trial.vs_kmer, signed=True):<26} "
             f"{trial.epochs_trained:>6} {trial.device_hours:>7.3f}  "
@@ -84,7 +97,8 @@ def trial_table(result: StudyResult, top: int = 10) -> list[str]:
     if result.reference is not None:
         lines.append(
             f"{'':>4}  {'k-mer ridge':<12} {_interval(result.reference):<24} "
-            "(ridge regression on 4- to 6-mer counts, same split)"
+            + (f"{_interval(result.reference_test):<24} " if test else "")
+            + "(ridge regression on 4- to 6-mer counts, same split)"
         )
     lines.append(compute_line(result.compute))
     return lines
@@ -106,8 +120,21 @@ def compute_line(compute: Compute) -> str:
 
 def ensemble_line(ensemble: EnsembleResult, registered: str | None) -> str:
     interval, delta = ensemble.interval, ensemble.vs_best
+    test = f"; test r {_interval(ensemble.test.pearson)}" if ensemble.test else ""
     return (
         f"ensemble of the top {len(ensemble.members)}: eval r {interval.estimate:.3f} "
         f"[{interval.low:.3f}, {interval.high:.3f}], vs the single best {delta.estimate:+.3f} "
-        f"[{delta.low:+.3f}, {delta.high:+.3f}]" + (f"; registered as {registered}" if registered else "")
+        f"[{delta.low:+.3f}, {delta.high:+.3f}]{test}" + (f"; registered as {registered}" if registered else "")
     )
+
+
+def test_line(result: StudyResult) -> str | None:
+    """The best trial's test figures in one line, or None without a test split."""
+    best = result.best
+    if best is None or best.test is None:
+        return None
+    score = best.test
+    line = f"best trial on the test split ({result.test_size:,} sequences, scored once): r {_interval(score.pearson)}"
+    if score.vs_baseline is not None:
+        line += f", vs baseline {_interval(score.vs_baseline, signed=True)}"
+    return line + f", vs k-mer reference {_interval(score.vs_kmer, signed=True)}"

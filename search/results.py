@@ -39,6 +39,22 @@ class Interval:
 
 
 @dataclass(frozen=True)
+class TestScore:
+    """A chosen model's one score on the test split: Pearson and paired differences, each with its interval."""
+
+    pearson: Interval
+    vs_baseline: Interval | None = None
+    vs_kmer: Interval | None = None
+
+    def metrics(self, name: str) -> dict[str, float]:
+        """MLflow metrics NAME_test_pearson(_low, _high), NAME_test_vs_baseline..., NAME_test_vs_kmer_reference..."""
+        figures = self.pearson.metrics(f"{name}_test_pearson")
+        for interval, suffix in ((self.vs_baseline, "vs_baseline"), (self.vs_kmer, "vs_kmer_reference")):
+            figures |= interval.metrics(f"{name}_test_{suffix}") if interval is not None else {}
+        return figures
+
+
+@dataclass(frozen=True)
 class TrialResult:
     """One trial's outcome; `predicted` (its best epoch's eval predictions) and `checkpoint` travel along unshown."""
 
@@ -59,6 +75,7 @@ class TrialResult:
     vs_kmer: Interval | None = None
     legnet_reference: bool = False
     vs_legnet: Interval | None = None
+    test: TestScore | None = None  # only the trials the study chose or compares with: best, references, ensemble
     predicted: np.ndarray | None = field(default=None, repr=False, compare=False)
     checkpoint: object = field(default=None, repr=False, compare=False)
 
@@ -75,6 +92,8 @@ class TrialResult:
             if getattr(self, name) is not None
             for key in ("estimate", "low", "high")
         }
+        if self.test is not None:
+            figures |= {f"test_pearson_{key}": getattr(self.test.pearson, key) for key in ("estimate", "low", "high")}
         return {
             "trial_id": self.trial_id,
             "run_id": self.run_id,
@@ -124,6 +143,7 @@ class EnsembleResult:
     members: tuple[TrialResult, ...]
     interval: Interval
     vs_best: Interval
+    test: TestScore | None = None
 
     @property
     def member_ids(self) -> list[str]:
@@ -149,6 +169,8 @@ class StudyResult:
     reference: Interval | None = None
     ensemble: EnsembleResult | None = None
     registered: Registration = Registration()
+    test_size: int = 0  # sequences of the test split the chosen models were scored on; 0 without one
+    reference_test: Interval | None = None  # the k-mer reference on the test split
 
     @property
     def best(self) -> TrialResult | None:

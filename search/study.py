@@ -15,6 +15,7 @@ from search import cluster, report, results, settings
 from search.baseline import TrialNaming, reference_of, trial_params
 from search.settings import StudyConfig
 from search.space import Parameter, baseline_point, point_of
+from search.final_scoring import score_on_test
 from search.trainable import TUNE_METRIC
 
 
@@ -44,7 +45,7 @@ def run_study(config: StudyConfig, progress=print) -> results.StudyResult:
     logger = tracking.MlflowTrialLogger(runs, TrialNaming(config), trial_params, parent_run_id, stop_reason)
     trainable = tune.with_resources(_train_trial(), {"cpu": config.cpus_per_trial, "gpu": gpus})
     param_space = ray_param_space(config, data_dir)
-    progress(report.header(config, gpus, tracking_uri))
+    progress(report.header(config, gpus, tracking_uri, manifest))
     try:
         if config.resume:
             tuner = tune.Tuner.restore(
@@ -83,6 +84,8 @@ def run_study(config: StudyConfig, progress=print) -> results.StudyResult:
             experiment_path=str(grid.experiment_path),
             data_dir=str(config.data_dir),
         )
+        # Every choice is made: now, and only now, the test split.
+        study = score_on_test(study, reference, progress)
         runs.log_trial_figures(study)
         registered = results.Registration()
         if parent_run_id:

@@ -81,8 +81,9 @@ def dataset_entity(manifest: dict, data_dir: str) -> Dataset:
     """The prepared data as an MLflow dataset: name, digest, source and row counts."""
     profile = {
         "num_rows": manifest.get("count"),
-        "train_rows": manifest.get("count", 0) - manifest.get("eval_size", 0),
+        "train_rows": manifest.get("train_size"),
         "eval_rows": manifest.get("eval_size"),
+        "test_rows": manifest.get("test_size", 0),
         "split_seed": manifest.get("split_seed"),
     }
     schema = {"mlflow_colspec": [{"type": "string", "name": "sequence"}, {"type": "float", "name": "expression"}]}
@@ -216,6 +217,14 @@ class StudyRuns:
             metrics["legnet_reference_eval_pearson"] = result.legnet.best_eval_pearson
         if result.reference is not None:
             metrics |= result.reference.metrics("kmer_reference_pearson")
+        if result.reference_test is not None:
+            metrics |= result.reference_test.metrics("kmer_reference_test_pearson")
+        for name, trial in (("best", best), ("baseline", result.baseline), ("legnet_reference", result.legnet)):
+            if trial is not None and trial.test is not None:
+                metrics |= trial.test.metrics(name)
+        if result.ensemble is not None and result.ensemble.test is not None:
+            metrics |= result.ensemble.test.metrics("ensemble")
+        metrics["test_size"] = result.test_size
         if best is not None:
             metrics |= {"best_eval_pearson": best.best_eval_pearson}
             for interval, name, estimate in ((best.interval, "best_eval_pearson", False),

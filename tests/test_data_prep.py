@@ -32,8 +32,8 @@ from data_prep.prepare import MANIFEST, PreparedData, PreparedDataError, check_p
 from data_prep.synth import MOTIFS, ensure_synthetic, expression_signal, synthesize, write_synthetic
 from search.cli import main
 
-N_LINES, SEED, EVAL_SIZE = 2_000, 3, 400
-ARRAYS = ("codes", "targets", "train_index", "eval_index")
+N_LINES, SEED, EVAL_SIZE, TEST_SIZE = 2_000, 3, 400, 200
+ARRAYS = ("codes", "targets", "train_index", "eval_index", "test_index", "test_targets")
 GOOD_LINE = b"TGCATTTTTTTCACATCACGTAGCTAGGCTAACGTTGGTTACGGCTGTT\t11.5\n"
 
 
@@ -55,8 +55,15 @@ def synthetic(tmp_path_factory) -> tuple[Path, Path]:
     """(synthetic DREAM file, its prepared directory) shared by the read-only tests."""
     root = tmp_path_factory.mktemp("synthetic")
     source = write_synthetic(root / "train.txt", N_LINES, seed=SEED)
-    prepare(source, root / "prepared", eval_size=EVAL_SIZE, split_seed=0)
+    prepare(source, root / "prepared", eval_size=EVAL_SIZE, split_seed=0)  # the test split by default: 200
     return source, root / "prepared"
+
+
+def with_test_rows_hidden(values: np.ndarray, test_index: np.ndarray) -> np.ndarray:
+    """What targets.npy holds: the values, NaN on the test split's rows."""
+    hidden = values.astype(np.float32)
+    hidden[test_index] = np.nan
+    return hidden
 
 
 # --- prepare: the round trip ---------------------------------------------------------------
@@ -70,18 +77,57 @@ def test_codes_and_targets_equal_the_file(synthetic):
     assert data.codes.dtype == np.uint8 and data.codes.shape == (N_LINES, SEQUENCE_WIDTH)
     assert [decode(row) for row in data.codes] == [stored(s) for s in sequences]
     assert data.targets.dtype == np.float32
-    np.testing.assert_array_equal(data.targets, values.astype(np.float32))
+    np.testing.assert_array_equal(data.targets, with_test_rows_hidden(values, data.test_index))
+    np.testing.assert_array_equal(data.read_test_targets(), values.astype(np.float32)[data.test_index])
     # The synthetic lengths span both sides of 110, so truncation and padding are both exercised.
     lengths = [len(s) for s in sequences]
     assert min(lengths) < SEQUENCE_WIDTH < max(lengths)
 
 
-def test_split_is_disjoint_and_covers_every_row(synthetic):
+def test_three_splits_are_disjoint_and_cover_every_row(synthetic):
     data = PreparedData.load(synthetic[1])
-    assert len(data.eval_index) == EVAL_SIZE and len(data.train_index) == N_LINES - EVAL_SIZE
-    assert not np.intersect1d(data.eval_index, data.train_index).size
-    np.testing.assert_array_equal(np.sort(np.concatenate([data.eval_index, data.train_index])), np.arange(N_LINES))
-    assert (np.diff(data.eval_index) > 0).all() and (np.diff(data.train_index) > 0).all()
+    splits = (data.train_index, data.eval_index, data.test_index)
+    assert [len(split) for split in splits] == [N_LINES - EVAL_SIZE - TEST_SIZE, EVAL_SIZE, TEST_SIZE]
+    np.testing.assert_array_equal(np.sort(np.concatenate(splits)), np.arange(N_LINES))
+    assert all((np.diff(split) > 0).all() for split in splits)
+
+
+def test_the_validation_split_is_the_same_with_or_without_a_test_split(synthetic, tmp_path):
+    source, prepared = synthetic
+    manifest = prepare(source, tmp_path / "two", eval_size=EVAL_SIZE, split_seed=0, test_size=0)
+    two, three = PreparedData.load(tmp_path / "two"), PreparedData.load(prepared)
+    np.testing.assert_array_equal(two.eval_index, three.eval_index)  # one seeded permutation, validation first
+    assert not two.has_test_split and three.has_test_split
+    assert (manifest["train_size"], manifest["test_size"], manifest["test_size_rule"]) == (N_LINES - EVAL_SIZE, 0, "--test-size")
+    assert np.isfinite(two.targets).all()
+
+
+def test_a_directory_of_the_previous_format_still_loads_without_a_test_split(synthetic, tmp_path):
+    source = synthetic[0]
+    prepare(source, tmp_path / "old", eval_size=EVAL_SIZE, split_seed=0, test_size=0)
+    manifest = json.loads((tmp_path / "old" / MANIFEST).read_text())
+    for name in ("test_index", "test_targets"):
+        (tmp_path / "old" / manifest["arrays"].pop(name)["file"]).unlink()
+    for key in ("test_size", "test_size_rule"):
+        manifest.pop(key)
+    (tmp_path / "old" / MANIFEST).write_text(json.dumps({**manifest, "format_version": 2}))
+    data = PreparedData.load(tmp_path / "old")
+    assert not data.has_test_split and len(data.test_index) == 0
+    assert len(data.train_index) + len(data.eval_index) == N_LINES
+
+
+def test_the_check_never_opens_the_test_targets_and_their_reader_checks_them(synthetic, tmp_path):
+    directory = copy_prepared(synthetic[1], tmp_path / "prepared")
+    test_targets = directory / "test_targets.npy"
+    values = np.load(test_targets)
+    values[7] = np.nan
+    np.save(test_targets, values)
+    check_prepared(directory)  # the size is right, and the values are not the check's to read
+    with pytest.raises(PreparedDataError, match=re.escape(f"{test_targets}: entry 7 holds nan; targets must be")):
+        PreparedData.load(directory).read_test_targets()
+    test_targets.write_bytes(test_targets.read_bytes()[:-4])
+    with pytest.raises(PreparedDataError, match=re.escape(f"{test_targets}: truncated: ")):
+        check_prepared(directory)
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_another_split(synthetic, tmp_path):
@@ -108,8 +154,9 @@ def test_manifest_describes_the_file(synthetic):
     assert manifest["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest() == sha256(source)
     assert manifest["source"] == str(source.resolve())
     assert manifest["count"] == N_LINES
-    split = (manifest["train_size"], manifest["eval_size"], manifest["split_seed"])
-    assert split == (N_LINES - EVAL_SIZE, EVAL_SIZE, 0)
+    split = (manifest["train_size"], manifest["eval_size"], manifest["test_size"], manifest["split_seed"])
+    assert split == (N_LINES - EVAL_SIZE - TEST_SIZE, EVAL_SIZE, TEST_SIZE, 0)
+    assert manifest["test_size_rule"] == "the smaller of 10,000 and 10 % of the sequences"
     assert (manifest["sequence_width"], manifest["window_start"], manifest["window_length"]) == (110, 15, 85)
     assert {int(k): v for k, v in manifest["length_histogram"].items()} == dict(lengths)
     assert sum(manifest["length_histogram"].values()) == N_LINES
@@ -249,25 +296,32 @@ def test_an_eval_size_below_one_is_refused_before_reading(tmp_path, eval_size, c
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("eval_size", [N_LINES, N_LINES + 1])
-def test_eval_size_must_leave_training_data(synthetic, tmp_path, eval_size):
-    with pytest.raises(DreamFormatError, match=f"has {N_LINES:,} sequences; the evaluation split of {eval_size:,} must leave"):
-        prepare(synthetic[0], tmp_path / "nested" / "out", eval_size=eval_size)
+@pytest.mark.parametrize("eval_size, test_size", [(N_LINES, 0), (N_LINES + 1, 0), (N_LINES - 200, None)])
+def test_the_held_out_splits_must_leave_training_data(synthetic, tmp_path, eval_size, test_size):
+    held_out = f"the validation split of {eval_size:,} and the test split of {200 if test_size is None else 0} must leave"
+    with pytest.raises(DreamFormatError, match=f"has {N_LINES:,} sequences; {held_out}"):
+        prepare(synthetic[0], tmp_path / "nested" / "out", eval_size=eval_size, test_size=test_size)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("n, expected", [(2_000, 200), (150_000, 10_000), (9, 1)])
-def test_default_eval_split_is_10000_or_a_tenth(tmp_path, n, expected, capsys):
+def test_default_held_out_splits_are_10000_or_a_tenth(tmp_path, n, expected, capsys):
     source = write_synthetic(tmp_path / "train.txt", n, seed=2)
     assert main(["prepare", str(source), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert f"prepared {n:,} sequences ({expected:,} held out for evaluation, by default the smaller of 10,000 and 10 % of the sequences)" in out
+    assert (
+        f"prepared {n:,} sequences into {tmp_path / 'out'}: {n - 2 * expected:,} for training, {expected:,} for "
+        f"validation and {expected:,} for test (the smaller of 10,000 and 10 % of the sequences each)"
+    ) in out
     manifest = check_prepared(tmp_path / "out")
-    assert (manifest["eval_size"], manifest["train_size"]) == (expected, n - expected)
+    assert (manifest["eval_size"], manifest["test_size"], manifest["train_size"]) == (expected, expected, n - 2 * expected)
     assert manifest["eval_size_rule"] == "the smaller of 10,000 and 10 % of the sequences"
     assert len(np.load(tmp_path / "out" / "eval_index.npy")) == expected
     assert main(["prepare", str(source), "--out", str(tmp_path / "given"), "--eval-size", "3"]) == 0
-    assert "(3 held out for evaluation) into" in capsys.readouterr().out
+    assert (
+        f"{n - 3 - expected:,} for training, 3 for validation and {expected:,} for test (the test split by default: "
+        "the smaller of 10,000 and 10 % of the sequences)"
+    ) in capsys.readouterr().out
     assert check_prepared(tmp_path / "given")["eval_size_rule"] == "--eval-size"
 
 
@@ -331,8 +385,8 @@ def remove(name: str):
     return edit
 
 
-def first_eval_row(directory: Path) -> int:
-    return int(np.load(directory / "eval_index.npy")[0])
+def first_row(directory: Path, split: str) -> int:
+    return int(np.load(directory / f"{split}.npy")[0])
 
 
 @pytest.mark.parametrize(
@@ -340,24 +394,28 @@ def first_eval_row(directory: Path) -> int:
     [
         (write_manifest("{not json"), "not valid JSON (Expecting property name"),
         (write_manifest("[1, 2]"), "holds a list, not a JSON object"),
-        (edit_manifest(format_version=1), "format_version is 1; this dream-hpo reads 2: prepare the data again"),
+        (edit_manifest(format_version=1), "format_version is 1; this dream-hpo reads [2, 3]: prepare the data again"),
         (edit_manifest(count="2000"), "count is '2000'; it must be a whole number >= 2"),
-        (edit_manifest(eval_size=401), "train_size 1,600 + eval_size 401 must equal count 2,000"),
+        (edit_manifest(eval_size=401), "train_size 1,400 + eval_size 401 + test_size 200 must equal count 2,000"),
         (remove(MANIFEST), f"is not a prepared data directory (no {MANIFEST})"),
         (remove("targets.npy"), "missing; manifest.json names it"),
         (truncate_codes, "truncated: 219,128 bytes where uint8 (2000, 110) needs 220,128"),
         (retype("codes", np.int16), "holds int16 (2000, 110); manifest.json states uint8 (2000, 110) in C order"),
-        (retype("train_index", np.int32), "holds int32 (1600,); manifest.json states int64 (1600,)"),
+        (retype("train_index", np.int32), "holds int32 (1400,); manifest.json states int64 (1400,)"),
         (set_array("codes", 1_234, 7, column=56), "row 1,234, column 56 holds code 7; codes must be 0..4 (A, C, G, T, N)"),
-        (set_array("targets", 17, np.nan), "row 17 holds nan; targets must be finite and >= 0"),
-        (set_array("targets", 3, -2.0), "row 3 holds -2.0; targets must be finite and >= 0"),
+        (lambda d: set_array("targets", first_row(d, "train_index"), np.nan)(d), "holds nan; it must be finite and >= 0"),
+        (lambda d: set_array("targets", first_row(d, "eval_index"), -2.0)(d), "holds -2.0; it must be finite and >= 0"),
+        (
+            lambda d: set_array("targets", first_row(d, "test_index"), 1.5)(d),
+            "holds 1.5; it must be NaN on a test row (its target is in test_targets.npy)",
+        ),
         (set_array("train_index", 5, 2_000), "entry 5 holds row 2,000, outside 0..1,999"),
-        (lambda d: set_array("train_index", 0, first_eval_row(d))(d), "entry 0 holds row"),
+        (lambda d: set_array("train_index", 0, first_row(d, "eval_index"))(d), "entry 0 holds row"),
     ],
     ids=[
         "manifest not JSON", "manifest a list", "old format", "count a string", "sizes disagree", "no manifest",
         "missing targets", "truncated codes", "codes int16", "index int32", "code 7", "target nan",
-        "target negative", "index out of range", "index in both splits",
+        "target negative", "test target in targets.npy", "index out of range", "index in both splits",
     ],
 )
 def test_check_prepared_names_the_file_the_value_and_what_is_allowed(synthetic, tmp_path, edit, fragment):
@@ -399,7 +457,7 @@ def test_demo_sample_parses_and_prepares(tmp_path):
     n_characters = sum(s[:SEQUENCE_WIDTH].count("N") for s in sequences)
     assert manifest["n_characters"] == n_characters > 0
     assert int((data.codes == N_CODE).sum()) == n_characters + sum(max(0, 110 - len(s)) for s in sequences)
-    np.testing.assert_array_equal(data.targets, values.astype(np.float32))
+    np.testing.assert_array_equal(data.targets, with_test_rows_hidden(values, data.test_index))
     assert [decode(row) for row in data.codes[::97]] == [stored(s) for s in sequences[::97]]
 
 
@@ -463,7 +521,9 @@ def test_blocks_number_their_lines_and_agree_with_one_block(synthetic):
     assert len(blocks) > 100
     assert [b.first_line for b in blocks] == list(np.cumsum([0] + [len(b.codes) for b in blocks[:-1]]))
     np.testing.assert_array_equal(np.concatenate([b.codes for b in blocks]), np.load(prepared / "codes.npy"))
-    np.testing.assert_array_equal(np.concatenate([b.expression for b in blocks]), np.load(prepared / "targets.npy"))
+    test_index = np.load(prepared / "test_index.npy")
+    hidden = with_test_rows_hidden(np.concatenate([b.expression for b in blocks]), test_index)
+    np.testing.assert_array_equal(hidden, np.load(prepared / "targets.npy"))
 
 
 def test_the_first_bad_line_is_named_whatever_its_kind(tmp_path):
@@ -567,7 +627,11 @@ def test_cli_prepare_and_synth(tmp_path, capsys):
     assert main(["synth", "--n", "50", "--out", str(source), "--seed", "1"]) == 0
     assert len(source.read_bytes().splitlines()) == 50
     assert main(["prepare", str(source), "--out", str(tmp_path / "prepared"), "--eval-size", "10"]) == 0
-    assert "prepared 50 sequences (10 held out" in capsys.readouterr().out
+    assert "prepared 50 sequences into" in capsys.readouterr().out
+    assert main(["prepare", str(source), "--out", str(tmp_path / "two"), "--eval-size", "10", "--test-size", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "40 for training, 10 for validation and 0 for test" in out
+    assert "no test split (--test-size 0): a study's figures on this data are validation figures" in out
     assert PreparedData.load(tmp_path / "prepared").codes.shape == (50, SEQUENCE_WIDTH)
 
 

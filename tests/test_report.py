@@ -507,3 +507,29 @@ def test_a_trial_at_or_below_zero_correlation_has_no_signal_and_is_not_ranked(be
     assert trial_status({"best_eval_pearson": best}, errored=False) == status
     ranked = best_trial([trial("t", best, status)])
     assert (ranked is not None) == (status == "done")
+
+
+def test_the_table_shows_a_test_column_only_for_the_rows_scored_on_test():
+    from dataclasses import replace
+
+    from search.report import splits_line, test_line
+    from search.results import TestScore
+
+    best = trial("t_best", 0.61, interval=Interval(0.61, 0.57, 0.65), searched={"channels": 144})
+    best = replace(best, test=TestScore(Interval(0.58, 0.52, 0.63), Interval(0.2, 0.1, 0.3), Interval(-0.01, -0.04, 0.02)))
+    other = trial("t_other", 0.55, interval=Interval(0.55, 0.5, 0.6), searched={"channels": 96})
+    without = study([best, other], reference=Interval(0.6, 0.55, 0.65))
+    assert "test r" not in trial_table(without)[0] and test_line(replace(without, trials=(other,))) is None
+    scored = replace(without, test_size=90, reference_test=Interval(0.59, 0.5, 0.66))
+    lines = trial_table(scored)
+    assert lines[0].startswith("rank  trial        eval r [95% CI]          test r [95% CI]          vs baseline")
+    assert lines[1].split()[1:8] == ["t_best", "0.610", "[0.570,", "0.650]", "0.580", "[0.520,", "0.630]"]
+    assert lines[2].split()[1:6] == ["t_other", "0.550", "[0.500,", "0.600]", "-"]
+    assert "k-mer ridge  0.600 [0.550, 0.650]     0.590 [0.500, 0.660]" in lines[3]
+    assert test_line(scored) == (
+        "best trial on the test split (90 sequences, scored once): r 0.580 [0.520, 0.630], "
+        "vs baseline +0.200 [+0.100, +0.300], vs k-mer reference -0.010 [-0.040, +0.020]"
+    )
+    manifest = {"train_size": 720, "eval_size": 90, "test_size": 90}
+    assert splits_line(manifest) == "720 training, 90 validation (every choice), 90 test (scored once, after the study has chosen)"
+    assert splits_line({"train_size": 810, "eval_size": 90}).endswith("; no test split, so every figure is a validation figure")

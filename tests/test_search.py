@@ -36,6 +36,34 @@ def search_data(make_synthetic_data) -> Path:
     return make_synthetic_data(900, seed=5, eval_size=300)
 
 
+class FileOpens:
+    """Counts the opens of one file by any process, through Linux inotify."""
+
+    IN_OPEN = 0x20
+
+    def __init__(self, path: Path):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK)
+        assert self.fd >= 0 and libc.inotify_add_watch(self.fd, str(path).encode(), self.IN_OPEN) >= 0
+        self.opens = 0
+
+    def count(self) -> int:
+        import struct
+
+        while True:
+            try:
+                events = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return self.opens
+            offset = 0
+            while offset < len(events):
+                name_length = struct.unpack_from("iIII", events, offset)[3]
+                offset += 16 + name_length
+                self.opens += 1
+
+
 def child_runs(tracking_uri: str, study: str):
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("tests")
@@ -62,6 +90,14 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
 
     monkeypatch.setattr(SqlAlchemyStore, "update_run_info", record)
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # Any process that opens the test targets (the driver, a Ray worker, the k-mer fit) is seen.
+    test_target_opens = FileOpens(search_data / "test_targets.npy")
+    opened_before_scoring = []
+
+    def progress(message: str) -> None:
+        if message.startswith("scoring the chosen models once on the test split"):
+            opened_before_scoring.append(test_target_opens.count())
+
     result = run_study(
         StudyConfig(
             name="six",
@@ -81,8 +117,10 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
             fixed={"epochs": 4, "batch_size": 64, "seed": 0, "jit_compile": False},
             register_as="tests-best",
         ),
-        progress=lambda message: None,
+        progress=progress,
     )
+    # Every choice was made without the test targets; the one scoring pass then read them.
+    assert opened_before_scoring == [0] and test_target_opens.count() >= 1
     trials = result.trials
     assert len(trials) == 6 and all(t.status == "done" for t in trials), [(t.status, t.searched) for t in trials]
     assert min(t.epochs_trained for t in trials) < 4, "ASHA stopped no trial early"
@@ -181,6 +219,27 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
     sequences = [decode(codes) for codes in data.codes[data.eval_index[:20]]]
     served = np.asarray(model.predict(pd.DataFrame({"sequence": sequences}))).reshape(-1)
     np.testing.assert_allclose(served, best.predicted[:20], rtol=1e-4, atol=1e-5)
+
+    # The test figures, computed again from the registered models and the test rows alone.
+    from model.kmer_reference import kmer_reference
+    from model.metrics import pearson
+
+    observed = data.read_test_targets()
+    test_sequences = pd.DataFrame({"sequence": [decode(codes) for codes in data.codes[data.test_index]]})
+    assert result.test_size == len(observed) == 90
+    for uri, score in ((result.registered.best, best.test), (result.registered.ensemble, ensemble.test)):
+        served = np.asarray(mlflow.pyfunc.load_model(uri).predict(test_sequences)).reshape(-1)
+        assert score.pearson.estimate == pytest.approx(pearson(observed, served), abs=1e-4)
+    kmer_test = np.asarray(kmer_reference(search_data)["test_predicted"])
+    assert result.reference_test.estimate == pytest.approx(pearson(observed, kmer_test), abs=1e-6)
+    assert best.test.vs_kmer.estimate == pytest.approx(best.test.pearson.estimate - result.reference_test.estimate, abs=1e-6)
+    assert result.baseline.test.vs_baseline.estimate == 0.0
+    assert [t.trial_id for t in trials if t.test is not None] == sorted(
+        {best.trial_id, result.baseline.trial_id}, key=[t.trial_id for t in trials].index
+    )
+    assert parent.data.metrics["best_test_pearson"] == pytest.approx(best.test.pearson.estimate)
+    assert parent.data.metrics["ensemble_test_pearson_low"] == pytest.approx(ensemble.test.pearson.low)
+    assert parent.data.metrics["kmer_reference_test_pearson"] == pytest.approx(result.reference_test.estimate)
 
 
 def test_bad_space_files_are_rejected_with_what_to_change(tmp_path):

@@ -96,7 +96,7 @@ def test_seed_baseline_run_is_complete_honest_and_quiet(tmp_path, tiny_data):
     manifest = json.loads((tiny_data / "manifest.json").read_text())
     assert dataset_input.dataset.digest == manifest["source_sha256"][:16]
     assert json.loads(dataset_input.dataset.profile) == {
-        "num_rows": 400, "train_rows": 300, "eval_rows": 100, "split_seed": 0,
+        "num_rows": 400, "train_rows": 260, "eval_rows": 100, "test_rows": 40, "split_seed": 0,
     }
     assert json.loads(dataset_input.dataset.source)["uri"] == str(tiny_data.resolve())
 
