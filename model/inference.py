@@ -11,11 +11,13 @@ its `--batch-size` default without starting TensorFlow.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from data_prep.encoding import PLASMID_UPSTREAM, SEQUENCE_WIDTH, WINDOW_LENGTH, model_input, one_hot
+from model.kmer_reference import KmerRidge
 
 if TYPE_CHECKING:
     import keras
@@ -61,12 +63,35 @@ def predict_codes(
     return predictions
 
 
-def predict_mean(
-    models: list[keras.Model],
-    codes: np.ndarray,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """The mean of several models' predictions (an ensemble; one model is itself)."""
-    predictions = [predict_codes(model, codes, batch_size, progress) for model in models]
-    return np.mean(predictions, axis=0).astype(np.float32)
+def weighted_mean(predictions, weights) -> np.ndarray:
+    """The blend of several prediction vectors: each weighted by its share of `weights`' sum."""
+    weights = np.asarray(weights, np.float64)
+    return np.tensordot(weights / weights.sum(), np.asarray(predictions, np.float64), axes=1)
+
+
+@dataclass(frozen=True)
+class Blend:
+    """What a logged model predicts with: one or more Keras models and perhaps the k-mer ridge, each weighted.
+
+    A single model is a blend of one. A search's ensemble is chosen on validation with
+    weights (search.ensemble); its k-mer member is computed here from the same codes.
+    """
+
+    models: tuple
+    weights: tuple[float, ...]
+    kmer: KmerRidge | None = None
+    kmer_weight: float = 0.0
+
+    def predict(
+        self,
+        codes: np.ndarray,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Float32 predictions `(n,)` for codes `(n, 110)`, in input order."""
+        predictions = [predict_codes(model, codes, batch_size, progress) for model in self.models]
+        weights = list(self.weights)
+        if self.kmer is not None:
+            predictions.append(self.kmer.predict_codes(codes))
+            weights.append(self.kmer_weight)
+        return weighted_mean(predictions, weights).astype(np.float32)

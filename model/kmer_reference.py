@@ -18,6 +18,7 @@ import json
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ FOLDS = 3
 # sequences the fit uses a seeded subsample.
 MAX_FIT_ROWS = 100_000
 CHUNK_ROWS = 2_048
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def kmer_counts(windows: np.ndarray) -> np.ndarray:
@@ -187,11 +188,38 @@ def predict_kmer_ridge(fit: dict, windows) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class KmerRidge:
+    """The fitted reference as a model an ensemble can hold: weights on raw counts and an intercept."""
+
+    weights: np.ndarray
+    intercept: float
+
+    @classmethod
+    def of(cls, reference: dict) -> "KmerRidge":
+        """The model inside `kmer_reference`'s result."""
+        return cls(np.asarray(reference["weights"], np.float64), float(reference["intercept"]))
+
+    def predict_codes(self, codes: np.ndarray) -> np.ndarray:
+        """Predictions `(n,)` for 110-wide base codes, on the unshifted window the reference was fitted on."""
+        codes = np.asarray(codes)
+        return predict_kmer_ridge({"weights": self.weights, "intercept": self.intercept}, window(codes, np.arange(len(codes)), 0))
+
+    def save(self, path) -> None:
+        np.savez(path, weights=self.weights, intercept=np.float64(self.intercept))
+
+    @classmethod
+    def load(cls, path) -> "KmerRidge":
+        with np.load(path) as saved:
+            return cls(np.asarray(saved["weights"], np.float64), float(saved["intercept"]))
+
+
 def kmer_reference(data_dir, max_fit_rows: int = MAX_FIT_ROWS, seed: int = 0) -> dict:
     """The k-mer reference of a prepared directory: fitted once, then read from its cache.
 
     Returns {pearson, predicted (eval split, in eval_index order), test_predicted (test
-    split, in test_index order; empty without one), penalty, cv_pearson,
+    split, in test_index order; empty without one), weights and intercept (`KmerRidge.of`
+    makes them a model), penalty, cv_pearson,
     n_fit, n_train, n_eval, folds, kmer_sizes, seconds, ...}. The cache
     (`kmer_reference.json` beside the arrays, written atomically) is reused only
     when it was made from the same source file (the manifest's sha256), split and
@@ -229,6 +257,8 @@ def kmer_reference(data_dir, max_fit_rows: int = MAX_FIT_ROWS, seed: int = 0) ->
         "predicted": [round(float(v), 6) for v in predicted],
         # Predictions only: the test targets stay unread until the study's scoring pass.
         "test_predicted": [round(float(v), 6) for v in predict_kmer_ridge(fit, window(data.codes, data.test_index, 0))],
+        "weights": [float(v) for v in fit["weights"]],
+        "intercept": fit["intercept"],
         "penalty": fit["penalty"],
         "cv_pearson": {f"{p:g}": v for p, v in fit["cv_pearson"].items()},
         "n_fit": int(len(train_rows)),

@@ -101,6 +101,17 @@ class TrialNaming:
         return f"baseline+{shown}", {**tags, "run_kind": "variant", "derived_from": f"baseline --set {shown}"}
 
 
+class SeedNaming:
+    """Run names and tags of the extra-seed trials: `best-seed-2`, `baseline-seed-1`, from `(role, config)` points."""
+
+    def __init__(self, points: list[tuple[str, dict]]):
+        self.points = points
+
+    def __call__(self, trial_config: dict, number: int) -> tuple[str, dict]:
+        role = next(role for role, config in self.points if same_trial(trial_config, config))
+        return f"{role}-seed-{trial_config['seed']}", {"baseline": "false", "run_kind": "confirm_seed", "confirms": role}
+
+
 def trial_params(trial_config: dict) -> dict:
     """Every resolved field of the trial's family, ingredients and training, defaults included."""
     from model import split_config

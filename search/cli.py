@@ -11,7 +11,17 @@ import os
 import sys
 from pathlib import Path
 
-from search.settings import BACKENDS, DEFAULT_NUM_TRIALS, EMBEDDED, QUICK, QUICK_SEARCH, SCHEDULERS, default
+from search.settings import (
+    BACKENDS,
+    CONFIRM_FROM_TRIALS,
+    CONFIRM_SEEDS,
+    DEFAULT_NUM_TRIALS,
+    EMBEDDED,
+    QUICK,
+    QUICK_SEARCH,
+    SCHEDULERS,
+    default,
+)
 
 
 def cache_dir() -> Path:
@@ -177,6 +187,7 @@ def search_config(args, data_dir: Path, space: dict):
         reduction_factor=args.reduction_factor,
         register_as=args.register_as,
         ensemble_size=args.ensemble_size,
+        confirm_seeds=args.confirm_seeds,
         # The --quick demo stays a few minutes: a LegNet epoch costs about five of the baseline's on CPUs.
         legnet_reference=not (args.no_legnet_reference or args.quick),
     )
@@ -195,7 +206,7 @@ def cmd_baseline(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from search.report import ensemble_line, test_line, trial_table
+    from search.report import ensemble_line, seed_lines, test_line, trial_table
     from search.results import write_best_config
     from search.study import run_study
 
@@ -208,10 +219,12 @@ def cmd_search(args) -> int:
     print("\n".join(trial_table(result)))
     if test_line(result):
         print(test_line(result))
+    for line in seed_lines(result):
+        print(line)
     best = result.best
     if best:
         out = args.best_config or Path(f"{config.name}-best_config.json")
-        write_best_config(best, out)
+        write_best_config(best, out, result.test_size)
         print(f"\nbest config written to {out}; retrain it with: dream-hpo baseline --config {out}")
     else:
         print("\nno trial finished with a finite eval Pearson and a logged model; see the reasons above", file=sys.stderr)
@@ -241,18 +254,32 @@ def cmd_predict(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from model.challenge_scores import format_table
-    from search.predict import evaluate_file
+    from search.predict import evaluate_file, evaluate_prepared
 
-    scores = evaluate_file(
-        args.model,
-        args.sequences,
-        subsets=args.subsets,
-        public_leaderboard=args.public_leaderboard,
-        log_to=args.log_to,
-        tracking_uri=args.tracking_uri,
-        batch_size=args.batch_size,
-        progress=_progress_bar,
-    )
+    if args.data is not None:
+        if args.subsets or args.public_leaderboard:
+            raise ValueError("--subsets and --public-leaderboard index a DREAM test file: give --sequences, not --data")
+        scores = evaluate_prepared(
+            args.model,
+            args.data,
+            split=args.split,
+            log_to=args.log_to,
+            tracking_uri=args.tracking_uri,
+            batch_size=args.batch_size,
+            progress=_progress_bar,
+        )
+        print(f"{args.split} split of {args.data}")
+    else:
+        scores = evaluate_file(
+            args.model,
+            args.sequences,
+            subsets=args.subsets,
+            public_leaderboard=args.public_leaderboard,
+            log_to=args.log_to,
+            tracking_uri=args.tracking_uri,
+            batch_size=args.batch_size,
+            progress=_progress_bar,
+        )
     print(format_table(scores))
     if args.log_to:
         print(f"logged the scores to MLflow run {args.log_to}")
@@ -280,7 +307,10 @@ def load_trial_config(path: Path) -> dict:
         raise ValueError(f"--config {path}: cannot read a trial config: {error}") from None
     if not isinstance(config, dict):
         raise ValueError(f"--config {path}: expected a JSON object of config fields, got {type(config).__name__}")
+    from search.results import FIGURES_KEY
+
     config.pop("data_dir", None)
+    config.pop(FIGURES_KEY, None)
     return config
 
 
@@ -357,14 +387,15 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, sequences=None) -> None:
+    """--model, --sequences (on `sequences`, a group, when it has an alternative), --tracking-uri, --batch-size."""
     parser.add_argument(
         "--model",
         required=True,
         help="an MLflow run id, models:/NAME/VERSION (e.g. a search's registered best) or a .keras file",
     )
-    parser.add_argument(
-        "--sequences", type=Path, required=True, help="DREAM test file: SEQUENCE[<TAB>EXPRESSION] per line"
+    (sequences or parser).add_argument(
+        "--sequences", type=Path, required=sequences is None, help="DREAM test file: SEQUENCE[<TAB>EXPRESSION] per line"
     )
     parser.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)"
@@ -487,8 +518,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--ensemble-size",
         type=int,
         default=default("ensemble_size"),
-        help="average the top K finished trials into one model, scored and registered as NAME-ensemble "
-        "(default: %(default)s; 0 turns it off). The single best stays the registered default",
+        help="blend finished trials and the k-mer reference by greedy selection on validation: K picks with "
+        "replacement, weights by picks; scored and registered as NAME-ensemble "
+        "(default: %(default)s; 0 or 1 turns it off). The single best stays the registered default",
+    )
+    search.add_argument(
+        "--confirm-seeds",
+        type=int,
+        metavar="K",
+        help="once the search has chosen, train the best and the baseline configs with K more seeds and report "
+        f"each seed's test r, mean and sd (default: {CONFIRM_SEEDS} for {CONFIRM_FROM_TRIALS} trials or more, else 0)",
     )
     search.add_argument("--best-config", type=Path, help="where to write the best config (default: NAME-best_config.json)")
     search.add_argument(
@@ -515,11 +554,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="score a model on a test file with measured expression, per challenge subset",
+        help="score a model on a test file with measured expression, or on a prepared directory's test split",
         description="Pearson and Spearman overall and, with the organisers' test_subset_ids, per subset "
-        "(paired subsets on alt - ref differences) and the weighted PearsonScore and SpearmanScore.",
+        "(paired subsets on alt - ref differences) and the weighted PearsonScore and SpearmanScore. "
+        "With --data, on the prepared directory's test split (the sequences no search chose on).",
     )
-    add_model_arguments(evaluate)
+    from search.predict import SPLITS
+
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    add_model_arguments(evaluate, sequences=source)
+    source.add_argument("--data", type=Path, help="a directory from `dream-hpo prepare`: score its --split")
+    evaluate.add_argument(
+        "--split", choices=SPLITS, default="test", help="with --data: which split to score (default: %(default)s)"
+    )
     evaluate.add_argument("--subsets", type=Path, help="the challenge's test_subset_ids folder (CSV index files)")
     evaluate.add_argument(
         "--public-leaderboard",

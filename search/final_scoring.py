@@ -6,33 +6,39 @@ then does `score_on_test` read the test targets (`PreparedData.read_test_targets
 one reader) and score what the study chose and what it compares with, once each: the
 best trial, the ensemble, the baseline, the LegNet reference and the k-mer reference,
 with bootstrap 95 % intervals and paired differences to the baseline and the k-mer
-reference on the same resampled test rows.
+reference on the same resampled test rows; and the best and baseline configs' extra
+seeds (`--confirm-seeds`), whose spread is the training noise behind those figures.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from search.results import Interval, StudyResult, TestScore
+from search.results import Interval, SeedSpread, StudyResult, TestScore
 
 
-def score_on_test(study: StudyResult, kmer: dict, progress=print) -> StudyResult:
-    """`study` with test scores for its chosen and reference models; unchanged without a test split."""
+def score_on_test(study: StudyResult, kmer: dict, progress=print, seed_trials: dict | None = None) -> StudyResult:
+    """`study` with test scores for its chosen and reference models, and the spread over `seed_trials`
+    ({role: extra-seed TrialResults}); without a test split only the seeds' validation spread."""
     from data_prep import PreparedData
-    from model.metrics import paired_pearson_difference, pearson_interval
+    from model.inference import weighted_mean
+    from model.metrics import paired_pearson_difference, pearson, pearson_interval
 
+    seed_trials = seed_trials or {}
     data = PreparedData.load(study.data_dir)
     if not data.has_test_split:
-        return study
+        return replace(study, seeds=seed_spreads(study, seed_trials, "validation", lambda t: t.best_eval_pearson))
     progress(f"scoring the chosen models once on the test split ({len(data.test_index):,} sequences)")
     codes = np.asarray(data.codes[data.test_index])
     scored = [t for t in (study.best, study.baseline, study.legnet) if t is not None and t.checkpoint is not None]
     members = list(study.ensemble.members) if study.ensemble is not None else []
+    extra = [t for trials in seed_trials.values() for t in trials if t.checkpoint is not None and t.rankable]
     predicted = {}
-    for trial in scored + members:
+    for trial in scored + members + extra:
         if trial.trial_id not in predicted:
             predicted[trial.trial_id] = checkpoint_predictions(trial.checkpoint, codes)
     observed = data.read_test_targets().astype(np.float64)
@@ -52,13 +58,34 @@ def score_on_test(study: StudyResult, kmer: dict, progress=print) -> StudyResult
     trials = tuple(replace(t, test=score(predicted[t.trial_id])) if t.trial_id in chosen else t for t in study.trials)
     ensemble = study.ensemble
     if ensemble is not None:
-        ensemble = replace(ensemble, test=score(np.mean([predicted[m.trial_id] for m in members], axis=0)))
+        blend = weighted_mean(
+            [predicted[m.trial_id] for m in members] + [kmer_predicted], [*ensemble.weights, ensemble.kmer_weight]
+        )
+        ensemble = replace(ensemble, test=score(blend))
+    def seed_figure(trial) -> float:
+        return pearson(observed, predicted[trial.trial_id]) if trial.trial_id in predicted else math.nan
+
     return replace(
         study,
         trials=trials,
         ensemble=ensemble,
         test_size=len(observed),
         reference_test=Interval.of(pearson_interval(observed, kmer_predicted)),
+        seeds=seed_spreads(study, seed_trials, "test", seed_figure),
+    )
+
+
+def seed_spreads(study: StudyResult, seed_trials: dict, split: str, figure) -> tuple[SeedSpread, ...]:
+    """Each role's spread: the study's own trial first, then its extra seeds, each scored by `figure(trial)`."""
+    own = {"best": study.best, "baseline": study.baseline}
+    return tuple(
+        SeedSpread(
+            role=role,
+            seeds=tuple(t.config["seed"] for t in (own[role], *trials)),
+            figures=tuple(float(figure(t)) for t in (own[role], *trials)),
+            split=split,
+        )
+        for role, trials in seed_trials.items()
     )
 
 

@@ -42,8 +42,8 @@ def resolve_model(spec: str) -> str:
     )
 
 
-def load_keras_models(model: str, tracking_uri: str | None = None) -> list:
-    """The Keras model(s) behind a resolved `.keras` path or MLflow URI (an ensemble has several).
+def load_blend(model: str, tracking_uri: str | None = None):
+    """The `model.inference.Blend` behind a resolved `.keras` path (a blend of one) or MLflow URI.
 
     A model that does not load is a ValueError naming it and the first line of the
     cause, not the model config Keras wraps around it.
@@ -52,14 +52,15 @@ def load_keras_models(model: str, tracking_uri: str | None = None) -> list:
     try:
         if not model.startswith(MLFLOW_SCHEMES):
             from model import load_model
+            from model.inference import Blend
 
-            return [load_model(model)]
+            return Blend(models=(load_model(model),), weights=(1.0,))
         return _load_logged_model(model, tracking_uri)
     except Exception as error:
         raise ValueError(f"cannot load model {model}: {cause(error)}") from error
 
 
-def _load_logged_model(model: str, tracking_uri: str | None) -> list:
+def _load_logged_model(model: str, tracking_uri: str | None):
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -192,6 +193,44 @@ def evaluate_file(
     return scores
 
 
+# The splits of a prepared directory `evaluate --data` scores; test by default, the figure to quote.
+SPLITS = ("test", "validation")
+
+
+def evaluate_prepared(
+    model: str,
+    data_dir,
+    split: str = "test",
+    log_to: str | None = None,
+    tracking_uri: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None,
+):
+    """Scores of the model on a split of a prepared directory: its test split unless `split` says validation."""
+    from data_prep import PreparedData
+    from model.challenge_scores import challenge_scores
+
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {list(SPLITS)}; got {split!r}")
+    check_batch_size(batch_size)
+    model = resolve_model(model)
+    check_store(model, tracking_uri)
+    data = PreparedData.load(data_dir)
+    if split == "test" and not data.has_test_split:
+        raise ValueError(
+            f"--data {data_dir} has no test split (prepared with --test-size 0 or by an earlier version); "
+            "give --split validation, or prepare it again"
+        )
+    client = _run_client(log_to, tracking_uri) if log_to else None
+    rows = data.test_index if split == "test" else data.eval_index
+    measured = data.read_test_targets() if split == "test" else data.targets[data.eval_index]
+    predictions = _predict(model, data.codes[rows], tracking_uri, batch_size, progress)
+    scores = challenge_scores(measured, predictions)
+    if client is not None:
+        log_scores(client, log_to, scores)
+    return scores
+
+
 def log_scores(client, run_id: str, scores) -> None:
     """The scores as metrics (finite ones; NaN marks an undefined correlation) and the table as an artifact."""
     import math
@@ -224,9 +263,7 @@ def _run_client(run_id: str, tracking_uri: str | None):
 
 
 def _predict(model: str, codes, tracking_uri: str | None, batch_size: int, progress: Progress | None):
-    from model.inference import predict_mean
-
-    return predict_mean(load_keras_models(model, tracking_uri), codes, batch_size, _stage(progress, "predict"))
+    return load_blend(model, tracking_uri).predict(codes, batch_size, _stage(progress, "predict"))
 
 
 def _stage(progress: Progress | None, label: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from search.results import Compute, EnsembleResult, Interval, StudyResult
+from search.results import Compute, EnsembleResult, Interval, StudyResult, TestScore
 
 
 def header(config, gpus: float, tracking_uri: str, manifest: dict) -> str:
@@ -122,7 +122,7 @@ def ensemble_line(ensemble: EnsembleResult, registered: str | None) -> str:
     interval, delta = ensemble.interval, ensemble.vs_best
     test = f"; test r {_interval(ensemble.test.pearson)}" if ensemble.test else ""
     return (
-        f"ensemble of the top {len(ensemble.members)}: eval r {interval.estimate:.3f} "
+        f"ensemble ({ensemble.composition}; chosen on validation): eval r {interval.estimate:.3f} "
         f"[{interval.low:.3f}, {interval.high:.3f}], vs the single best {delta.estimate:+.3f} "
         f"[{delta.low:+.3f}, {delta.high:+.3f}]{test}" + (f"; registered as {registered}" if registered else "")
     )
@@ -138,3 +138,40 @@ def test_line(result: StudyResult) -> str | None:
     if score.vs_baseline is not None:
         line += f", vs baseline {_interval(score.vs_baseline, signed=True)}"
     return line + f", vs k-mer reference {_interval(score.vs_kmer, signed=True)}"
+
+
+def registry_description(validation: Interval | None, test: TestScore | None, test_size: int) -> str:
+    """What a registered version says about itself: the figure it was chosen on, and the one to quote."""
+    parts = []
+    if validation is not None:
+        parts.append(f"Validation Pearson {_interval(validation)} (the split every choice was made on).")
+    if test is not None:
+        parts.append(
+            f"Test Pearson {_interval(test.pearson)} on {test_size:,} sequences the search never saw, scored once: "
+            "the figure to quote."
+        )
+    else:
+        parts.append("No test split: its figures are validation figures.")
+    return " ".join(parts) + " Bootstrap 95 % intervals."
+
+
+def seeds_header(extra: int, roles: list[str], epochs: int, trainings: int) -> str:
+    """The line before the extra-seed trainings start."""
+    configs = " and ".join(f"the {role}'s" if role == "baseline" else "the best trial's" for role in roles)
+    return (
+        f"training {configs} config with {extra} more seed{'s' if extra != 1 else ''} ({trainings} trainings, "
+        f"{epochs} epochs each, no early stopping): how much of its figure is its seed"
+    )
+
+
+def seed_lines(result: StudyResult) -> list[str]:
+    """One line per retrained config: each seed's figure, the study's own first, then mean and spread."""
+    lines = []
+    for spread in result.seeds:
+        shown = ", ".join("failed" if not math.isfinite(f) else f"{f:.3f}" for f in spread.figures)
+        who = "best trial" if spread.role == "best" else "baseline"
+        line = f"{who} over {len(spread.seeds)} seeds, {spread.split} r: {shown} (seed {spread.seeds[0]} is the study's)"
+        if len(spread.finite) > 1:
+            line += f"; mean {spread.mean:.3f}, sd {spread.sd:.3f}"
+        lines.append(line)
+    return lines

@@ -1,7 +1,7 @@
 """What a study found, as typed records built once when its trials have finished.
 
 A `TrialResult` per trial and one `StudyResult`: ranking, bootstrap intervals, the
-compute spent, and the ensemble's members and scores. The terminal table, the
+compute spent, and the ensemble's members, weights and scores. The terminal table, the
 best-config file, the parent MLflow run, the registry and the command line all read
 these; nothing here talks to MLflow or Ray's controller.
 """
@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 
+# How the k-mer reference is named when it is an ensemble member.
+KMER_MEMBER = "k-mer reference"
 # A trial whose best eval Pearson is at or below this has learned nothing worth ranking.
 NO_SIGNAL_FLOOR = 0.0
 
@@ -138,16 +140,62 @@ class Compute:
 
 @dataclass(frozen=True)
 class EnsembleResult:
-    """The top trials averaged into one model, scored on the same split against the single best."""
+    """The blend chosen on validation (search.ensemble): trials and perhaps the k-mer reference, weighted.
+
+    Members are heaviest first; `weights` are theirs and `kmer_weight` the k-mer
+    reference's, together summing to 1. `kmer` is the reference's model, carried so the
+    registered ensemble computes that member itself.
+    """
 
     members: tuple[TrialResult, ...]
+    weights: tuple[float, ...]
     interval: Interval
     vs_best: Interval
+    kmer_weight: float = 0.0
+    kmer: object = field(default=None, repr=False, compare=False)
     test: TestScore | None = None
 
     @property
     def member_ids(self) -> list[str]:
         return [member.trial_id for member in self.members]
+
+    @property
+    def composition(self) -> str:
+        """Members and weights in one line: `0.48 a1b2c3d4, 0.32 e5f6a7b8, 0.20 k-mer reference`."""
+        parts = [f"{weight:.2f} {member.trial_id}" for member, weight in zip(self.members, self.weights)]
+        return ", ".join(parts + ([f"{self.kmer_weight:.2f} {KMER_MEMBER}"] if self.kmer_weight > 0 else []))
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """A chosen config trained with more seeds: each seed's Pearson on `split`, the study's own trial first.
+
+    Test when the data has a test split, else validation; a seed that failed is NaN and
+    left out of the mean and spread.
+    """
+
+    role: str  # best or baseline
+    seeds: tuple[int, ...]
+    figures: tuple[float, ...]
+    split: str
+
+    @property
+    def finite(self) -> np.ndarray:
+        return np.asarray([f for f in self.figures if math.isfinite(f)])
+
+    @property
+    def mean(self) -> float:
+        return float(self.finite.mean()) if len(self.finite) else math.nan
+
+    @property
+    def sd(self) -> float:
+        """The sample standard deviation over seeds (NaN for fewer than two)."""
+        return float(self.finite.std(ddof=1)) if len(self.finite) > 1 else math.nan
+
+    def metrics(self) -> dict[str, float]:
+        name = f"{self.role}_seeds_{self.split}_pearson"
+        figures = {f"{name}_mean": self.mean, f"{name}_sd": self.sd, f"{self.role}_seeds": len(self.finite)}
+        return {key: value for key, value in figures.items() if math.isfinite(value)}
 
 
 @dataclass(frozen=True)
@@ -171,6 +219,7 @@ class StudyResult:
     registered: Registration = Registration()
     test_size: int = 0  # sequences of the test split the chosen models were scored on; 0 without one
     reference_test: Interval | None = None  # the k-mer reference on the test split
+    seeds: tuple[SeedSpread, ...] = ()  # --confirm-seeds: the best and baseline configs over more seeds
 
     @property
     def best(self) -> TrialResult | None:
@@ -261,24 +310,10 @@ def with_intervals(trials, observed: np.ndarray, kmer_predicted: np.ndarray) -> 
     return tuple(scored)
 
 
-def select_ensemble(ranked, observed: np.ndarray, size: int) -> EnsembleResult | None:
-    """The top `size` rankable trials with predictions, averaged; None for fewer than two."""
-    from model.metrics import paired_pearson_difference, pearson_interval
-
-    members = tuple(t for t in ranked if t.rankable and t.predicted is not None)[:size]
-    if len(members) < 2:
-        return None
-    predicted = np.mean([t.predicted for t in members], axis=0)
-    return EnsembleResult(
-        members=members,
-        interval=Interval.of(pearson_interval(observed, predicted)),
-        vs_best=Interval.of(paired_pearson_difference(observed, predicted, members[0].predicted)),
-    )
-
-
 def summarise(trials, *, observed, kmer, max_epochs, rungs, ensemble_size, experiment_path, data_dir) -> StudyResult:
     """The study's one result: trials with intervals, ranked; compute; the k-mer reference; the ensemble."""
     from model.metrics import pearson_interval
+    from search.ensemble import select_ensemble
 
     ranked = tuple(rank_trials(with_intervals(trials, observed, kmer["predicted"])))
     reference = pearson_interval(observed, np.asarray(kmer["predicted"]))
@@ -288,13 +323,24 @@ def summarise(trials, *, observed, kmer, max_epochs, rungs, ensemble_size, exper
         experiment_path=experiment_path,
         data_dir=data_dir,
         reference=Interval(float(kmer["pearson"]), reference["low"], reference["high"]),
-        ensemble=select_ensemble(ranked, observed, ensemble_size) if ensemble_size >= 2 else None,
+        ensemble=select_ensemble(ranked, observed, kmer, ensemble_size),
     )
 
 
-def write_best_config(best: TrialResult, path: Path) -> None:
+# The best-config file's key for the figures it was chosen with; `baseline --config` ignores it.
+FIGURES_KEY = "figures"
+
+
+def write_best_config(best: TrialResult, path: Path, test_size: int = 0) -> None:
     """The best trial's config as a file `dream-hpo baseline --config` retrains: every field of its family,
-    resolved, and none of another family's (a study's `--set` for its other trials)."""
+    resolved, and none of another family's (a study's `--set` for its other trials); beside them, under
+    FIGURES_KEY, its validation and (with a test split) test Pearson with their intervals."""
     from model.config import split_config
 
-    path.write_text(json.dumps(split_config(best.config).to_flat(), indent=2, sort_keys=True))
+    figures = {"validation_pearson": best.best_eval_pearson}
+    if best.interval is not None:
+        figures |= best.interval.metrics("validation_pearson", estimate=False)
+    if best.test is not None:
+        figures |= best.test.pearson.metrics("test_pearson") | {"test_size": test_size}
+    content = split_config(best.config).to_flat() | {FIGURES_KEY: figures}
+    path.write_text(json.dumps(content, indent=2, sort_keys=True))

@@ -16,7 +16,10 @@ here, so the driver logs a model without importing TensorFlow or running it.
 
 from __future__ import annotations
 
+import json
 import sys
+import tempfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -24,8 +27,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-# A single model's artifact; an ensemble's members are KERAS_ARTIFACT_1 ... KERAS_ARTIFACT_k.
+# A single model's artifact; an ensemble's members are KERAS_ARTIFACT_1 ... KERAS_ARTIFACT_k,
+# its weights BLEND_ARTIFACT (artifact name -> weight) and its k-mer member KMER_ARTIFACT.
 KERAS_ARTIFACT = "keras_model"
+BLEND_ARTIFACT = "blend_weights"
+KMER_ARTIFACT = "kmer_ridge"
 LOGGED_MODEL_NAME = "model"
 SEQUENCE_COLUMN = "sequence"
 # Two sequences in the challenge layout (constant flanks around a random middle), one shorter with an N.
@@ -42,22 +48,46 @@ REQUIREMENTS = ("mlflow", "tensorflow", "keras", "numpy", "pandas")
 MODEL_CODE = Path(__file__).with_name("served_model.py")
 
 
+@dataclass(frozen=True)
+class BlendSpec:
+    """An ensemble's weights (one per .keras path) and its k-mer member, as a search chose them."""
+
+    weights: tuple[float, ...]
+    kmer: object = None  # model.kmer_reference.KmerRidge
+    kmer_weight: float = 0.0
+
+
 class SequenceModel(mlflow.pyfunc.PythonModel):
     """DataFrame with a `sequence` column in, float32 predictions `(n,)` out, in input order.
 
-    One Keras model, or an ensemble whose prediction is the mean of its members'.
+    One Keras model, or an ensemble: its members' predictions weighted, the k-mer
+    member's computed here from the same sequences. An ensemble logged without
+    weights (before they existed) is the plain mean of its members.
     """
 
     def load_context(self, context):
         from model import load_model
+        from model.inference import Blend
+        from model.kmer_reference import KmerRidge
 
-        members = sorted(name for name in context.artifacts if name.startswith(KERAS_ARTIFACT))
-        self.keras_models = [load_model(context.artifacts[name]) for name in members]
+        artifacts = context.artifacts
+        members = sorted((name for name in artifacts if name.startswith(KERAS_ARTIFACT)), key=member_number)
+        weights = json.loads(Path(artifacts[BLEND_ARTIFACT]).read_text()) if BLEND_ARTIFACT in artifacts else {}
+        self.blend = Blend(
+            models=tuple(load_model(artifacts[name]) for name in members),
+            weights=tuple(weights.get(name, 1.0) for name in members),
+            kmer=KmerRidge.load(artifacts[KMER_ARTIFACT]) if KMER_ARTIFACT in artifacts else None,
+            kmer_weight=weights.get(KMER_ARTIFACT, 0.0),
+        )
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        from model.inference import predict_mean
+        return self.blend.predict(sequence_codes(model_input))
 
-        return predict_mean(self.keras_models, sequence_codes(model_input))
+
+def member_number(artifact: str) -> int:
+    """1 for keras_model and keras_model_1, 10 for keras_model_10: members in the order they were logged."""
+    suffix = artifact.removeprefix(KERAS_ARTIFACT).lstrip("_")
+    return int(suffix) if suffix else 1
 
 
 def sequence_codes(model_input) -> np.ndarray:
@@ -108,10 +138,17 @@ def save_model(path, mlflow_model=None, validate_serving_input=True, **kwargs):
     mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kwargs)
 
 
-def log_sequence_model(run_id: str, keras_paths: list[Path], name: str = LOGGED_MODEL_NAME, model_id: str | None = None):
+def log_sequence_model(
+    run_id: str,
+    keras_paths: list[Path],
+    name: str = LOGGED_MODEL_NAME,
+    model_id: str | None = None,
+    blend: BlendSpec | None = None,
+):
     """Log the .keras model(s) to the run as one sequence-serving pyfunc; returns MLflow's ModelInfo.
 
-    Several paths make an ensemble that serves the mean of their predictions. `model_id`
+    Several paths make an ensemble that serves the mean of their predictions, or their
+    blend with `blend`'s weights and k-mer member. `model_id`
     is a logged model already created for it (`search.tracking` creates it in the study's
     experiment); without one MLflow creates it in the active experiment.
 
@@ -120,19 +157,29 @@ def log_sequence_model(run_id: str, keras_paths: list[Path], name: str = LOGGED_
     """
     from mlflow.models import Model
 
-    return Model.log(
-        artifact_path=None,
-        name=name,
-        flavor=sys.modules[__name__],
-        run_id=run_id,
-        model_id=model_id,
-        python_model=str(MODEL_CODE),
-        artifacts=member_artifacts(keras_paths),
-        signature=signature(),
-        input_example=INPUT_EXAMPLE,
-        pip_requirements=[f"{package}=={metadata.version(package)}" for package in REQUIREMENTS],
-        validate_serving_input=False,
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        artifacts = member_artifacts(keras_paths)
+        if blend is not None:
+            weights = dict(zip(artifacts, blend.weights))
+            if blend.kmer is not None:
+                artifacts[KMER_ARTIFACT] = str(Path(scratch) / f"{KMER_ARTIFACT}.npz")
+                blend.kmer.save(artifacts[KMER_ARTIFACT])
+                weights[KMER_ARTIFACT] = blend.kmer_weight
+            artifacts[BLEND_ARTIFACT] = str(Path(scratch) / f"{BLEND_ARTIFACT}.json")
+            Path(artifacts[BLEND_ARTIFACT]).write_text(json.dumps(weights, indent=2))
+        return Model.log(
+            artifact_path=None,
+            name=name,
+            flavor=sys.modules[__name__],
+            run_id=run_id,
+            model_id=model_id,
+            python_model=str(MODEL_CODE),
+            artifacts=artifacts,
+            signature=signature(),
+            input_example=INPUT_EXAMPLE,
+            pip_requirements=[f"{package}=={metadata.version(package)}" for package in REQUIREMENTS],
+            validate_serving_input=False,
+        )
 
 
 def member_artifacts(keras_paths: list[Path]) -> dict[str, str]:
@@ -141,8 +188,8 @@ def member_artifacts(keras_paths: list[Path]) -> dict[str, str]:
     return {f"{KERAS_ARTIFACT}_{i}": str(path) for i, path in enumerate(keras_paths, start=1)}
 
 
-def load_sequence_model(model_uri: str) -> list:
-    """The Keras model(s) inside a logged `SequenceModel` (`runs:/ID/model`, `models:/NAME/VERSION`, ...)."""
+def load_sequence_model(model_uri: str):
+    """The `model.inference.Blend` inside a logged `SequenceModel` (`runs:/ID/model`, `models:/NAME/VERSION`, ...)."""
     from mlflow.exceptions import MlflowException
 
     loaded = mlflow.pyfunc.load_model(model_uri)
@@ -155,4 +202,4 @@ def load_sequence_model(model_uri: str) -> list:
             "not a dream-hpo sequence model (one logged by search.serving.log_sequence_model); "
             f"its pyfunc loader is {loaded.metadata.flavors['python_function'].get('loader_module')}"
         )
-    return python_model.keras_models
+    return python_model.blend

@@ -21,6 +21,10 @@ BACKENDS = ("tensorflow", "jax")
 SCHEDULERS = ("asha", "none")
 DEFAULT_NUM_TRIALS = 20
 DEFAULT_STORAGE = "ray_results"
+# A search of this many trials or more retrains its best and baseline configs with this
+# many extra seeds (`--confirm-seeds`), so its test figures show training noise too.
+CONFIRM_SEEDS = 2
+CONFIRM_FROM_TRIALS = 16
 # The embedded synthetic data set, and the `--quick` runs (about 5 minutes each on 2 CPU cores).
 EMBEDDED = {"n": 200_000, "eval_size": 10_000, "epochs": 10, "batch_size": 10_000}
 QUICK = {"n": 24_000, "eval_size": 4_000, "epochs": 4, "batch_size": 256}
@@ -65,7 +69,8 @@ class StudyConfig:
     derived_from: str | None = None
     max_failures: int = 2
     register_as: str | None = "dream-hpo-best"
-    ensemble_size: int = 3
+    ensemble_size: int = 25  # greedy ensemble selection's picks (search.ensemble)
+    confirm_seeds: int | None = None  # None: CONFIRM_SEEDS for searches of CONFIRM_FROM_TRIALS trials or more, else 0
     legnet_reference: bool = True
     backend: str = "tensorflow"
     verbose: bool = False
@@ -115,6 +120,12 @@ class StudyConfig:
             self.ensemble_size,
             "must be >= 0 (0 or 1: no ensemble)",
         )
+        require(
+            self.confirm_seeds is None or is_int(self.confirm_seeds) and self.confirm_seeds >= 0,
+            "--confirm-seeds",
+            self.confirm_seeds,
+            "must be >= 0 (0: no extra seeds)",
+        )
         epochs = self.fixed.get("epochs", 1)
         require(is_int(epochs) and epochs >= 1, self.epochs_flag, epochs, "must be >= 1")
         require(bool(self.name) and self.name not in {".", ".."}, "--name", self.name, "must be a non-empty name")
@@ -150,6 +161,15 @@ class StudyConfig:
     def total_trials(self) -> int:
         """Trials Ray runs: the search's (the baseline included) and the extra references."""
         return self.num_trials + len(self.references)
+
+    @property
+    def seeds_to_confirm(self) -> int:
+        """Extra seeds the best and the baseline configs are retrained with once the search has chosen."""
+        if not self.searched:
+            return 0
+        if self.confirm_seeds is not None:
+            return self.confirm_seeds
+        return CONFIRM_SEEDS if self.num_trials >= CONFIRM_FROM_TRIALS else 0
 
     @property
     def epochs_flag(self) -> str:
@@ -276,8 +296,9 @@ def check_existing_study(config: StudyConfig) -> None:
 def recorded_settings(config: StudyConfig) -> dict:
     """What a resume must keep, by the flag that sets it: what trials compute, how they are chosen, where they log.
 
-    Resources (--gpus-per-trial, --cpus-per-trial), --address, --register-as and
-    --ensemble-size may change on resume: they take effect from the resumed driver on.
+    Resources (--gpus-per-trial, --cpus-per-trial), --address, --register-as,
+    --ensemble-size and --confirm-seeds may change on resume: they take effect from the
+    resumed driver on.
     """
     from search.tracking_store import resolve_tracking_uri
 

@@ -84,8 +84,9 @@ def run_study(config: StudyConfig, progress=print) -> results.StudyResult:
             experiment_path=str(grid.experiment_path),
             data_dir=str(config.data_dir),
         )
+        seed_trials = confirm_seeds(config, study, trainable, runs, parent_run_id, device_share, progress)
         # Every choice is made: now, and only now, the test split.
-        study = score_on_test(study, reference, progress)
+        study = score_on_test(study, reference, progress, seed_trials)
         runs.log_trial_figures(study)
         registered = results.Registration()
         if parent_run_id:
@@ -98,6 +99,79 @@ def run_study(config: StudyConfig, progress=print) -> results.StudyResult:
         raise
     runs.close_open_runs("KILLED")
     return replace(study, registered=registered)
+
+
+def seed_points(config: StudyConfig, study: results.StudyResult) -> list[tuple[str, dict]]:
+    """(role, config) of each extra-seed trial: the best's config, then the baseline's unless it is the best."""
+    chosen = [("best", study.best)]
+    if study.baseline is not None and study.best is not None and study.baseline.trial_id != study.best.trial_id:
+        chosen.append(("baseline", study.baseline))
+    return [
+        (role, {**trial.config, "seed": trial.config["seed"] + extra})
+        for role, trial in chosen
+        if trial is not None
+        for extra in range(1, config.seeds_to_confirm + 1)
+    ]
+
+
+def confirm_seeds(config: StudyConfig, study, trainable, runs, parent_run_id, device_share, progress) -> dict[str, list]:
+    """Train the best and baseline configs with `--confirm-seeds` more seeds, every epoch, no early stopping.
+
+    They run after every choice is made and are never ranked: they measure how much the
+    chosen figure owes to its seed. Their runs nest under the parent as `ROLE-seed-S`.
+    Returns {role: [TrialResult per extra seed]}.
+    """
+    points = seed_points(config, study)
+    if not points:
+        return {}
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from search import runtime, tracking
+    from search.baseline import SeedNaming
+    from search.console import ConsoleReporter
+
+    roles = sorted({role for role, _ in points}, key=["best", "baseline"].index)
+    progress(report.seeds_header(config.seeds_to_confirm, roles, config.max_epochs, len(points)))
+    keys = sorted({key for _, point in points for key in point})
+    # Ray fills the points into this space: a field they share is a constant, one they differ in a choice.
+    param_space = {}
+    for key in keys:
+        values = list(dict.fromkeys(point.get(key) for _, point in points))
+        param_space[key] = values[0] if len(values) == 1 else tune.choice(values)
+    logger = tracking.MlflowTrialLogger(runs, SeedNaming(points), trial_params, parent_run_id)
+    console = ConsoleReporter(len(points), config.max_epochs, False, dict(config.fixed), None, progress)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=TUNE_METRIC,
+            mode="max",
+            search_alg=BasicVariantGenerator(points_to_evaluate=[dict(point) for _, point in points]),
+            num_samples=len(points),
+            max_concurrent_trials=config.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{config.name}-seeds",
+            storage_path=settings.storage_path(config),
+            callbacks=[logger, console],
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=1 if config.verbose else 0,
+        ),
+    )
+    with runtime.GracefulInterrupt() as interrupt:
+        grid = tuner.fit()
+    if interrupt.happened:
+        raise KeyboardInterrupt(f"(the search is saved); continue it with --resume --name {config.name}")
+    naming = SeedNaming(points)
+    by_role = {role: [] for role in roles}
+    for outcome in grid:
+        trial = trial_result(outcome, runs, config, device_share, None)
+        role = naming(trial.config, 0)[1]["confirms"]
+        by_role[role].append(trial)
+    return {role: sorted(trials, key=lambda t: t.config["seed"]) for role, trials in by_role.items()}
 
 
 def _train_trial():

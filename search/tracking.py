@@ -58,6 +58,19 @@ ENSEMBLE_MODEL_NAME = "ensemble"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
+def model_card(validation, test, test_size: int) -> tuple[str, dict]:
+    """A registered version's description and tags: its validation figure and, with a test split, its test one."""
+    from search.report import registry_description
+
+    tags = {}
+    if validation is not None:
+        tags |= {key: f"{value:.4f}" for key, value in validation.metrics("validation_pearson").items()}
+    if test is not None:
+        tags |= {key: f"{value:.4f}" for key, value in test.pearson.metrics("test_pearson").items()}
+        tags["test_size"] = str(test_size)
+    return registry_description(validation, test, test_size), tags
+
+
 def study_key(name: str) -> str:
     """A hex key of the study name: safe in MLflow filter strings whatever the name holds."""
     return hashlib.sha256(name.encode()).hexdigest()[:24]
@@ -225,6 +238,8 @@ class StudyRuns:
         if result.ensemble is not None and result.ensemble.test is not None:
             metrics |= result.ensemble.test.metrics("ensemble")
         metrics["test_size"] = result.test_size
+        for spread in result.seeds:
+            metrics |= spread.metrics()
         if best is not None:
             metrics |= {"best_eval_pearson": best.best_eval_pearson}
             for interval, name, estimate in ((best.interval, "best_eval_pearson", False),
@@ -242,30 +257,42 @@ class StudyRuns:
         client.set_tag(run_id, "best_config", json.dumps(best.searched, sort_keys=True))
         if register_as:
             [model] = [m for m in self.logged_models(best.run_id) if m.name == serving.LOGGED_MODEL_NAME]
-            registration = Registration(best=self.register(model.model_id, register_as))
+            card = model_card(best.interval, best.test, result.test_size)
+            registration = Registration(best=self.register(model.model_id, register_as, card))
         if result.ensemble is not None:
-            ensemble_uri = self.log_ensemble(run_id, result.ensemble, f"{register_as}-ensemble" if register_as else None)
+            ensemble_name = f"{register_as}-ensemble" if register_as else None
+            ensemble_uri = self.log_ensemble(run_id, result.ensemble, ensemble_name, result.test_size)
             registration = Registration(best=registration.best, ensemble=ensemble_uri)
         client.set_terminated(run_id, status="FINISHED")
         return registration
 
-    def log_ensemble(self, run_id: str, ensemble: EnsembleResult, register_as: str | None) -> str | None:
-        """The ensemble's model (its members' best-epoch .keras files) and scores on the parent run; registered
-        as `register_as` when given (returns its URI)."""
+    def log_ensemble(self, run_id: str, ensemble: EnsembleResult, register_as: str | None, test_size: int) -> str | None:
+        """The ensemble's model (its members' best-epoch .keras files, weights, k-mer member) and scores on the
+        parent run; registered as `register_as` when given (returns its URI)."""
         with tempfile.TemporaryDirectory() as scratch:
             paths = []
             for number, member in enumerate(ensemble.members, start=1):
                 with member.checkpoint.as_directory() as directory:
                     paths.append(Path(scratch) / f"member_{number}.keras")
                     shutil.copyfile(Path(directory) / BEST_MODEL_FILE, paths[-1])
-            model_id = self.log_model(run_id, paths, ENSEMBLE_MODEL_NAME)
+            blend = serving.BlendSpec(weights=ensemble.weights, kmer=ensemble.kmer, kmer_weight=ensemble.kmer_weight)
+            model_id = self.log_model(run_id, paths, ENSEMBLE_MODEL_NAME, blend)
+        weights = {f"ensemble_weight_{member.trial_id}": weight for member, weight in zip(ensemble.members, ensemble.weights)}
         self.log_metrics(
-            run_id, ensemble.interval.metrics("ensemble_eval_pearson") | ensemble.vs_best.metrics("ensemble_vs_best")
+            run_id,
+            ensemble.interval.metrics("ensemble_eval_pearson")
+            | ensemble.vs_best.metrics("ensemble_vs_best")
+            | weights
+            | {"ensemble_weight_kmer_reference": ensemble.kmer_weight},
         )
-        self.client.set_tag(run_id, "ensemble_members", ",".join(ensemble.member_ids))
-        return self.register(model_id, register_as) if register_as else None
+        self.client.set_tag(run_id, "ensemble_members", ensemble.composition)
+        if not register_as:
+            return None
+        return self.register(model_id, register_as, model_card(ensemble.interval, ensemble.test, test_size))
 
-    def log_model(self, run_id: str, keras_paths: list[Path], name: str = serving.LOGGED_MODEL_NAME) -> str:
+    def log_model(
+        self, run_id: str, keras_paths: list[Path], name: str = serving.LOGGED_MODEL_NAME, blend=None
+    ) -> str:
         """Log .keras model(s) to a run as one sequence-serving model, without reopening the run; its model id.
 
         The logged model is created here, in the study's experiment and with the run's
@@ -279,16 +306,19 @@ class StudyRuns:
             self.experiment_id, name=name, source_run_id=run_id, params=params, tags=context_registry.resolve_tags()
         )
         self.use_fluent_api()
-        serving.log_sequence_model(run_id, keras_paths, name=name, model_id=model.model_id)
+        serving.log_sequence_model(run_id, keras_paths, name=name, model_id=model.model_id, blend=blend)
         return model.model_id
 
-    def register(self, model_id: str, name: str) -> str:
-        """Register a logged model under `name`; returns `models:/NAME/VERSION`."""
+    def register(self, model_id: str, name: str, card: tuple[str, dict] | None = None) -> str:
+        """Register a logged model under `name`, with a (description, tags) card; returns `models:/NAME/VERSION`."""
         import mlflow
 
         self.use_fluent_api()
+        tags = card[1] if card else None
         with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints what the caller reports itself
-            version = mlflow.register_model(f"models:/{model_id}", name)
+            version = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
+        if card:
+            self.client.update_model_version(name, version.version, description=card[0])
         return f"models:/{name}/{version.version}"
 
     def logged_models(self, run_id: str) -> list:

@@ -86,8 +86,16 @@ def test_fit_rejects_mismatched_inputs():
 def test_reference_is_cached_beside_the_data_and_refit_when_settings_change(make_synthetic_data):
     data_dir = make_synthetic_data(1_200, 3, 200)
     first = kmer_reference(data_dir, max_fit_rows=600)
-    assert (first["n_fit"], first["n_train"], first["n_eval"]) == (600, 1_000, 200)
-    assert len(first["predicted"]) == 200 and 0.2 < first["pearson"] <= 1
+    assert (first["n_fit"], first["n_train"], first["n_eval"]) == (600, 880, 200)
+    assert len(first["predicted"]) == 200 and len(first["test_predicted"]) == 120 and 0.2 < first["pearson"] <= 1
+    # The cached weights are the model itself: from base codes they give the cached predictions.
+    from data_prep import PreparedData
+    from model.kmer_reference import KmerRidge
+
+    data = PreparedData.load(data_dir)
+    model = KmerRidge.of(first)
+    np.testing.assert_allclose(model.predict_codes(data.codes[data.eval_index]), first["predicted"], atol=1e-5)
+    np.testing.assert_allclose(model.predict_codes(data.codes[data.test_index]), first["test_predicted"], atol=1e-5)
     cache = data_dir / CACHE_FILE
     assert json.loads(cache.read_text())["pearson"] == first["pearson"]
     modified = cache.stat().st_mtime_ns
@@ -103,5 +111,5 @@ def test_reference_is_cached_beside_the_data_and_refit_when_settings_change(make
 def test_real_demo_reference_beats_the_seed_baseline(tmp_path):
     prepare(DEMO, tmp_path / "demo", eval_size=637)
     reference = kmer_reference(tmp_path / "demo")
-    assert reference["n_fit"] == 5_733
+    assert reference["n_fit"] == 5_096  # 637 for validation and as many for test
     assert 0.58 < reference["pearson"] < 0.68  # 0.628 with penalty 10 when written

@@ -216,7 +216,7 @@ def test_an_unexpected_failure_in_predict_is_one_line_with_its_type(
     def fail(*args, **kwargs):
         raise RuntimeError("out of device memory\nallocator dump: ...")
 
-    monkeypatch.setattr("model.inference.predict_mean", fail)
+    monkeypatch.setattr("model.inference.Blend.predict", fail)
     assert predict(keras_file, sequences_file[0], tmp_path / "out.tsv") == 1
     assert capsys.readouterr().err.splitlines()[-1] == "dream-hpo predict: error: RuntimeError: out of device memory"
 
@@ -427,6 +427,36 @@ def test_subset_files_with_errors_name_file_line_and_value(tmp_path):
         read_subsets(tmp_path, N_TEST)
 
 
+def test_evaluate_data_scores_the_test_split_by_default_and_says_when_there_is_none(
+    tmp_path, keras_file, keras_model, capsys
+):
+    """Against the test targets read back from the file and the model's predictions by hand."""
+    from data_prep import PreparedData, prepare
+    from data_prep.encoding import decode
+
+    write_synthetic(tmp_path / "synthetic.txt", 300, seed=4)
+    prepare(tmp_path / "synthetic.txt", tmp_path / "data", eval_size=40, test_size=60)
+    data = PreparedData.load(tmp_path / "data")
+    for split, rows, measured in (
+        ("test", data.test_index, np.load(tmp_path / "data" / "test_targets.npy")),
+        ("validation", data.eval_index, np.asarray(data.targets[data.eval_index])),
+    ):
+        predicted = expected_predictions(keras_model, [decode(codes) for codes in data.codes[rows]])
+        chosen = [] if split == "test" else ["--split", "validation"]
+        assert main(["evaluate", "--model", str(keras_file), "--data", str(tmp_path / "data"), *chosen]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"{split} split of {tmp_path / 'data'}\n")
+        [row] = re.findall(rf"^all +{len(rows)} +\S+ +(\S+) ", out, flags=re.M)
+        assert float(row) == pytest.approx(stats.pearsonr(measured, predicted)[0], abs=1e-4)
+
+    prepare(tmp_path / "synthetic.txt", tmp_path / "two", eval_size=40, test_size=0)
+    assert main(["evaluate", "--model", str(keras_file), "--data", str(tmp_path / "two")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"dream-hpo evaluate: error: --data {tmp_path / 'two'} has no test split (prepared with --test-size 0 or by "
+        "an earlier version); give --split validation, or prepare it again"
+    )
+
+
 def test_evaluate_prints_the_table_and_logs_scores_to_a_run(tmp_path, keras_file, keras_model, capsys):
     """End to end on a test file with measured (log-scale, partly negative) expression."""
     import mlflow
@@ -550,20 +580,28 @@ def finished_quietly(process: subprocess.Popen, outs: list[Path], count: int) ->
 def test_registered_models_predict_the_keras_values_in_process_in_fresh_processes_and_over_http(
     tmp_path, keras_file, keras_model, strand_keras_file, strand_model, sequences_file
 ):
-    """What a study registers: the best model (plain or strand-averaged) and the ensemble of the top trials.
+    """What a study registers: the best model (plain or strand-averaged) and the ensemble it selects.
 
-    Each loads where nothing of dream-hpo was imported before: `dream-hpo predict` in a
-    new process on a .keras file and then on a registry URI, and `mlflow models serve`.
+    The ensemble weights two Keras models and the k-mer ridge, whose predictions are
+    computed here from the counts. Each loads where nothing of dream-hpo was imported
+    before: `dream-hpo predict` in a new process on a .keras file and then on a
+    registry URI, and `mlflow models serve`.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from search.serving import log_sequence_model
+    from data_prep.encoding import encode_sequences, window
+    from model.kmer_reference import N_FEATURES, KmerRidge, kmer_counts
+    from search.serving import BlendSpec, log_sequence_model
 
     path, sequences = sequences_file
     expected = expected_predictions(keras_model, sequences)
     expected_strand = expected_predictions(strand_model, sequences)
-    expected_ensemble = (expected + expected_strand) / 2
+    kmer = KmerRidge(np.random.default_rng(3).normal(0, 0.05, N_FEATURES), 0.25)
+    codes = encode_sequences(sequences)
+    expected_kmer = kmer_counts(window(codes, np.arange(len(codes)), 0)).astype(np.float64) @ kmer.weights + 0.25
+    expected_ensemble = 0.5 * expected + 0.2 * expected_strand + 0.3 * expected_kmer
+    assert np.std(0.3 * expected_kmer) > 0.1 * np.std(expected_ensemble)
     assert not np.allclose(expected_strand, expected, rtol=1e-3)
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(tracking_uri)
@@ -573,7 +611,8 @@ def test_registered_models_predict_the_keras_values_in_process_in_fresh_processe
     info = log_sequence_model(run_id, [keras_file])
     registered = f"models:/tests-served/{mlflow.register_model(info.model_uri, 'tests-served').version}"
     assert registered == "models:/tests-served/1"
-    ensemble_info = log_sequence_model(run_id, [keras_file, strand_keras_file], name="ensemble")
+    blend = BlendSpec(weights=(0.5, 0.2), kmer=kmer, kmer_weight=0.3)
+    ensemble_info = log_sequence_model(run_id, [keras_file, strand_keras_file], name="ensemble", blend=blend)
     ensemble = f"models:/tests-ensemble/{mlflow.register_model(ensemble_info.model_uri, 'tests-ensemble').version}"
 
     port = free_port()

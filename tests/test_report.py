@@ -7,6 +7,7 @@ config builders alone, or a CLI process that must stop before Ray starts.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import queue
@@ -27,9 +28,9 @@ from search.results import (
     StudyResult,
     TrialResult,
     rank_trials,
-    select_ensemble,
     summarise,
 )
+from search.ensemble import greedy_weights, select_ensemble
 
 ROOT = Path(__file__).resolve().parents[1]
 FOOTER = "; all are in the parent run's study/trials.csv"
@@ -157,19 +158,21 @@ def test_compute_line_states_epochs_the_share_saved_rungs_and_start_up(compute, 
     assert compute_line(compute) == line
 
 
-def test_ensemble_line_gives_the_signed_difference_to_the_best_and_where_it_was_registered():
-    members = (trial("a", 0.7), trial("b", 0.6), trial("c", 0.5))
-    ensemble = EnsembleResult(members, Interval(0.7123, 0.68, 0.74), Interval(0.0123, -0.004, 0.029))
+def test_ensemble_line_gives_members_weights_the_difference_to_the_best_and_where_it_was_registered():
+    members = (trial("a", 0.7), trial("b", 0.6))
+    ensemble = EnsembleResult(
+        members, (0.48, 0.32), Interval(0.7123, 0.68, 0.74), Interval(0.0123, -0.004, 0.029), kmer_weight=0.2
+    )
     assert ensemble_line(ensemble, "models:/dream-hpo-best-ensemble/2") == (
-        "ensemble of the top 3: eval r 0.712 [0.680, 0.740], vs the single best +0.012 [-0.004, +0.029]; "
-        "registered as models:/dream-hpo-best-ensemble/2"
+        "ensemble (0.48 a, 0.32 b, 0.20 k-mer reference; chosen on validation): eval r 0.712 [0.680, 0.740], "
+        "vs the single best +0.012 [-0.004, +0.029]; registered as models:/dream-hpo-best-ensemble/2"
     )
-    assert ensemble_line(EnsembleResult(members[:2], Interval(0.5, 0.4, 0.6), Interval(-0.2, -0.3, -0.1)), None) == (
-        "ensemble of the top 2: eval r 0.500 [0.400, 0.600], vs the single best -0.200 [-0.300, -0.100]"
+    assert ensemble_line(EnsembleResult(members, (0.5, 0.5), Interval(0.5, 0.4, 0.6), Interval(-0.2, -0.3, -0.1)), None) == (
+        "ensemble (0.50 a, 0.50 b; chosen on validation): eval r 0.500 [0.400, 0.600], vs the single best -0.200 [-0.300, -0.100]"
     )
 
 
-# The ensemble: which trials, and the Pearson of their mean.
+# The ensemble: greedy selection with replacement on validation predictions.
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +196,7 @@ def scored():
         scored_trial("d", noisy(5.0)),
         scored_trial("b", noisy(2.0)),
     ]
-    kmer = {"predicted": noisy(4.0), "pearson": 0.5}
+    kmer = {"predicted": noisy(4.0), "pearson": 0.5, "weights": np.zeros(4), "intercept": 0.0}
     return observed, kmer, trials
 
 
@@ -205,38 +208,81 @@ def summarised(scored, ensemble_size, trials=None):
     )
 
 
-def test_an_ensemble_of_three_averages_the_top_three_rankable_trials(scored):
+def test_greedy_selection_finds_the_blend_that_is_known_to_be_best():
+    """y = 2u + v: u and v blended 2:1 predict it exactly, in three picks (u, v, u); noise is never picked."""
+    rng = np.random.default_rng(0)
+    u, v, noise = rng.normal(size=(3, 500))
+    observed = 2 * u + v
+    for rounds in (3, 4, 12):
+        weights = greedy_weights([v, noise, u], observed, rounds)
+        np.testing.assert_allclose(weights, [1 / 3, 0, 2 / 3])
+    # Two picks stop short of it: u then v, at equal weight.
+    np.testing.assert_allclose(greedy_weights([v, noise, u], observed, 2), [0.5, 0, 0.5])
+
+
+def test_greedy_selection_keeps_the_best_round_and_one_model_when_nothing_improves_on_it():
+    rng = np.random.default_rng(1)
+    observed = rng.normal(size=300)
+    exact, worse = observed.copy(), observed + rng.normal(0, 1, 300)
+    np.testing.assert_allclose(greedy_weights([worse, exact], observed, 10), [0, 1])
+
+
+def kmer_reference_of(predicted):
+    return {"predicted": predicted, "pearson": 0.0, "weights": np.arange(4.0), "intercept": 0.5}
+
+
+def test_the_ensemble_weights_a_trial_and_the_kmer_reference_and_scores_their_blend():
+    """A trial that sees one half of the signal and a k-mer model that sees the other: the k-mer reference is a member."""
+    rng = np.random.default_rng(2)
+    u, v, noise = rng.normal(size=(3, 400))
+    observed = 2 * u + v
+    trials = tuple(
+        rank_trials([
+            trial("deep", float(np.corrcoef(observed, u)[0, 1]), predicted=u),
+            trial("weak", float(np.corrcoef(observed, u + 3 * noise)[0, 1]), predicted=u + 3 * noise),
+        ])
+    )
+    ensemble = select_ensemble(trials, observed, kmer_reference_of(v), rounds=10)
+    assert ensemble.member_ids == ["deep"]
+    assert ensemble.weights == pytest.approx((2 / 3,)) and ensemble.kmer_weight == pytest.approx(1 / 3)
+    assert ensemble.interval.estimate == pytest.approx(1.0)
+    assert ensemble.vs_best.estimate == pytest.approx(1.0 - np.corrcoef(observed, u)[0, 1])
+    np.testing.assert_array_equal(ensemble.kmer.weights, np.arange(4.0))
+    assert ensemble.composition == "0.67 deep, 0.33 k-mer reference"
+
+
+def test_summarise_selects_the_ensemble_among_rankable_trials_only(scored):
     observed, _, trials = scored
-    result = summarised(scored, 3)
+    result = summarised(scored, 25)
     assert [t.trial_id for t in result.trials] == ["a", "b", "c", "d", "error_best", "no_model", "diverged"]
     assert result.best.trial_id == "a"
     ensemble = result.ensemble
-    assert ensemble.member_ids == ["a", "b", "c"]
+    assert set(ensemble.member_ids) <= {"a", "b", "c", "d"} and ensemble.member_ids[0] == "a"
     by_id = {t.trial_id: t for t in trials}
-    mean = np.mean([by_id[name].predicted for name in ("a", "b", "c")], axis=0)
-    expected = np.corrcoef(observed, mean)[0, 1]
+    blend = sum(w * by_id[m].predicted for m, w in zip(ensemble.member_ids, ensemble.weights))
+    blend = blend + ensemble.kmer_weight * np.asarray(scored[1]["predicted"])
+    expected = np.corrcoef(observed, blend)[0, 1]
+    assert sum(ensemble.weights) + ensemble.kmer_weight == pytest.approx(1.0)
     assert ensemble.interval.estimate == pytest.approx(expected, rel=1e-9)
+    assert expected > by_id["a"].best_eval_pearson
     assert ensemble.interval.low < expected < ensemble.interval.high
     assert ensemble.vs_best.estimate == pytest.approx(expected - by_id["a"].best_eval_pearson, rel=1e-9)
-    assert select_ensemble(result.trials, observed, 2).member_ids == ["a", "b"]
 
 
 @pytest.mark.parametrize("size", [0, 1])
 def test_ensemble_size_0_and_1_give_no_ensemble(scored, size):
-    observed, _, _ = scored
+    observed, kmer, _ = scored
     result = summarised(scored, size)
     assert result.ensemble is None
-    assert select_ensemble(result.trials, observed, size) is None
+    assert select_ensemble(result.trials, observed, kmer, size) is None
     assert result.best.trial_id == "a"
 
 
-def test_fewer_than_two_rankable_trials_give_no_ensemble(scored):
-    observed, _, trials = scored
-    one_rankable = [t for t in trials if t.trial_id in {"error_best", "no_model", "diverged", "b"}]
-    result = summarised(scored, 3, one_rankable)
-    assert result.best.trial_id == "b"
-    assert result.ensemble is None
-    assert select_ensemble(result.trials, observed, 3) is None
+def test_no_ensemble_when_selection_keeps_a_single_model():
+    rng = np.random.default_rng(3)
+    observed = rng.normal(size=200)
+    trials = (trial("exact", 1.0, predicted=observed.copy()), trial("failed", 0.9, status="error", predicted=observed))
+    assert select_ensemble(trials, observed, kmer_reference_of(rng.normal(size=200)), 25) is None
 
 
 def test_summarise_scores_each_trial_against_the_baseline_and_the_kmer_reference(scored):
@@ -368,7 +414,7 @@ def test_quick_search_takes_the_quick_trials_concurrency_epochs_and_batch_size()
     assert (config.num_trials, config.max_concurrent, config.fixed["epochs"]) == (4, 2, 3)
     assert config.space is space and config.overrides == {}
     assert (config.scheduler, config.grace_period, config.reduction_factor) == ("asha", 1, 3)
-    assert (config.ensemble_size, config.register_as) == (3, "dream-hpo-best")
+    assert (config.ensemble_size, config.register_as) == (25, "dream-hpo-best")
 
 
 def test_search_flags_win_over_the_defaults():
@@ -533,3 +579,55 @@ def test_the_table_shows_a_test_column_only_for_the_rows_scored_on_test():
     manifest = {"train_size": 720, "eval_size": 90, "test_size": 90}
     assert splits_line(manifest) == "720 training, 90 validation (every choice), 90 test (scored once, after the study has chosen)"
     assert splits_line({"train_size": 810, "eval_size": 90}).endswith("; no test split, so every figure is a validation figure")
+
+
+def test_the_best_config_file_records_both_figures_and_retrains_without_them(tmp_path):
+    from search.baseline import seed_config
+    from search.cli import load_trial_config
+    from search.results import TestScore, write_best_config
+
+    config = seed_config()
+    best = trial("a", 0.71, interval=Interval(0.71, 0.66, 0.75))
+    best = TrialResult(**{**best.__dict__, "config": config, "test": TestScore(Interval(0.64, 0.6, 0.68))})
+    path = tmp_path / "best_config.json"
+    write_best_config(best, path, test_size=637)
+    figures = json.loads(path.read_text())["figures"]
+    assert figures == {
+        "validation_pearson": 0.71, "validation_pearson_low": 0.66, "validation_pearson_high": 0.75,
+        "test_pearson": 0.64, "test_pearson_low": 0.6, "test_pearson_high": 0.68, "test_size": 637,
+    }
+    assert load_trial_config(path) == {key: value for key, value in config.items()}
+
+
+def test_seed_lines_show_each_seed_the_mean_and_the_sample_sd_leaving_failed_seeds_out():
+    from search.report import seed_lines
+    from search.results import SeedSpread
+
+    spreads = (
+        SeedSpread("best", (0, 1, 2), (0.64, 0.60, math.nan), "test"),
+        SeedSpread("baseline", (0, 1), (0.2, 0.3), "validation"),
+    )
+    result = StudyResult((), Compute(1, 1, 0.0, math.nan), "/r", "/d", seeds=spreads)
+    assert seed_lines(result) == [
+        "best trial over 3 seeds, test r: 0.640, 0.600, failed (seed 0 is the study's); mean 0.620, sd 0.028",
+        "baseline over 2 seeds, validation r: 0.200, 0.300 (seed 0 is the study's); mean 0.250, sd 0.071",
+    ]
+    assert spreads[0].metrics() == pytest.approx(
+        {"best_seeds_test_pearson_mean": 0.62, "best_seeds_test_pearson_sd": 0.02 * 2**0.5, "best_seeds": 2}
+    )
+
+
+def test_confirm_seeds_default_to_two_from_sixteen_trials_and_refuse_a_negative_count():
+    from search.cli import search_config
+    from search.settings import StudyError
+    from search.space import load_space
+
+    space = load_space(None)
+
+    def seeds(*argv):
+        return search_config(parse("search", "--name", "s", *argv), Path("/data"), space).seeds_to_confirm
+
+    assert (seeds("--quick"), seeds("--num-trials", "15"), seeds("--num-trials", "16")) == (0, 0, 2)
+    assert (seeds("--num-trials", "16", "--confirm-seeds", "0"), seeds("--quick", "--confirm-seeds", "3")) == (0, 3)
+    with pytest.raises(StudyError, match=r"^--confirm-seeds -1: must be >= 0 \(0: no extra seeds\)$"):
+        search_config(parse("search", "--name", "s", "--confirm-seeds", "-1"), Path("/data"), space)

@@ -116,17 +116,20 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
             seed=7,
             fixed={"epochs": 4, "batch_size": 64, "seed": 0, "jit_compile": False},
             register_as="tests-best",
+            confirm_seeds=1,
         ),
         progress=progress,
     )
-    # Every choice was made without the test targets; the one scoring pass then read them.
+    # Every choice was made without the test targets (the extra seeds' trainings included); the one scoring pass then read them.
     assert opened_before_scoring == [0] and test_target_opens.count() >= 1
     trials = result.trials
     assert len(trials) == 6 and all(t.status == "done" for t in trials), [(t.status, t.searched) for t in trials]
     assert min(t.epochs_trained for t in trials) < 4, "ASHA stopped no trial early"
     assert result.baseline.epochs_trained == 4, "the baseline must train to the end"
 
-    client, [parent], children = child_runs(tracking_uri, "six")
+    client, [parent], runs = child_runs(tracking_uri, "six")
+    children = [c for c in runs if c.data.tags["run_kind"] != "confirm_seed"]
+    seed_runs = {c.data.tags["confirms"]: c for c in runs if c.data.tags["run_kind"] == "confirm_seed"}
     assert len(children) == 6
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert all(c.info.status == "FINISHED" for c in children)
@@ -198,10 +201,12 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
     assert baseline_run.data.metrics["kmer_reference_pearson"] == pytest.approx(result.reference.estimate)
     assert baseline_run.data.metrics["vs_kmer_reference_low"] == pytest.approx(result.baseline.vs_kmer.low)
     ensemble = result.ensemble
-    assert ensemble.member_ids == [t.trial_id for t in trials[:3]]
+    assert set(ensemble.member_ids) <= {t.trial_id for t in trials if t.rankable}
+    assert sum(ensemble.weights) + ensemble.kmer_weight == pytest.approx(1.0)
     assert parent.data.metrics["ensemble_eval_pearson"] == pytest.approx(ensemble.interval.estimate)
+    assert parent.data.metrics["ensemble_weight_kmer_reference"] == pytest.approx(ensemble.kmer_weight)
     assert result.registered.ensemble == "models:/tests-best-ensemble/1"
-    assert parent.data.tags["ensemble_members"] == ",".join(ensemble.member_ids)
+    assert parent.data.tags["ensemble_members"] == ensemble.composition
 
     version = client.get_latest_versions("tests-best")[0]
     assert result.registered.best == f"models:/tests-best/{version.version}"
@@ -219,10 +224,21 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
     sequences = [decode(codes) for codes in data.codes[data.eval_index[:20]]]
     served = np.asarray(model.predict(pd.DataFrame({"sequence": sequences}))).reshape(-1)
     np.testing.assert_allclose(served, best.predicted[:20], rtol=1e-4, atol=1e-5)
+    # The registered ensemble, k-mer member included, predicts the blend it was chosen as on validation.
+    eval_sequences = pd.DataFrame({"sequence": [decode(codes) for codes in data.codes[data.eval_index]]})
+    served = np.asarray(mlflow.pyfunc.load_model(result.registered.ensemble).predict(eval_sequences)).reshape(-1)
+    from model.metrics import pearson
+
+    assert pearson(np.asarray(data.targets[data.eval_index]), served) == pytest.approx(ensemble.interval.estimate, abs=1e-4)
+    # Each registered version says what it scored: validation, and test, the figure to quote.
+    for name, figures in (("tests-best", (best.interval, best.test)), ("tests-best-ensemble", (ensemble.interval, ensemble.test))):
+        card = client.get_model_version(name, "1")
+        assert float(card.tags["test_pearson"]) == pytest.approx(figures[1].pearson.estimate, abs=1e-4)
+        assert float(card.tags["validation_pearson_low"]) == pytest.approx(figures[0].low, abs=1e-4)
+        assert f"Test Pearson {figures[1].pearson.estimate:.3f}" in card.description
 
     # The test figures, computed again from the registered models and the test rows alone.
     from model.kmer_reference import kmer_reference
-    from model.metrics import pearson
 
     observed = data.read_test_targets()
     test_sequences = pd.DataFrame({"sequence": [decode(codes) for codes in data.codes[data.test_index]]})
@@ -238,6 +254,24 @@ def test_search_runs_baseline_first_stops_early_and_registers_the_best(tmp_path,
         {best.trial_id, result.baseline.trial_id}, key=[t.trial_id for t in trials].index
     )
     assert parent.data.metrics["best_test_pearson"] == pytest.approx(best.test.pearson.estimate)
+
+    # --confirm-seeds 1: the best and baseline configs trained once more, seed 1, every epoch; each seed's
+    # test r recomputed from its own logged model.
+    roles = ["best"] + (["baseline"] if not best.baseline else [])
+    assert [spread.role for spread in result.seeds] == roles and set(seed_runs) == set(roles)
+    for spread in result.seeds:
+        own = best if spread.role == "best" else result.baseline
+        run = seed_runs[spread.role]
+        assert run.info.run_name == f"{spread.role}-seed-1" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.params["seed"] == "1" and len(client.get_metric_history(run.info.run_id, "eval_pearson")) == 4
+        assert {k: v for k, v in run.data.params.items() if k != "seed"} == {
+            k: v for k, v in client.get_run(own.run_id).data.params.items() if k != "seed"
+        }
+        served = np.asarray(mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(test_sequences)).reshape(-1)
+        assert spread.seeds == (0, 1) and spread.split == "test"
+        assert spread.figures == pytest.approx((own.test.pearson.estimate, pearson(observed, served)), abs=1e-4)
+        assert spread.sd == pytest.approx(np.std(spread.figures, ddof=1))
+        assert parent.data.metrics[f"{spread.role}_seeds_test_pearson_mean"] == pytest.approx(np.mean(spread.figures))
     assert parent.data.metrics["ensemble_test_pearson_low"] == pytest.approx(ensemble.test.pearson.low)
     assert parent.data.metrics["kmer_reference_test_pearson"] == pytest.approx(result.reference_test.estimate)
 
