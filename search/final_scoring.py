@@ -21,9 +21,14 @@ import numpy as np
 from search.results import Interval, SeedSpread, StudyResult, TestScore
 
 
-def score_on_test(study: StudyResult, kmer: dict, progress=print, seed_trials: dict | None = None) -> StudyResult:
+def score_on_test(
+    study: StudyResult, kmer: dict, progress=print, seed_trials: dict | None = None, resources: dict | None = None
+) -> StudyResult:
     """`study` with test scores for its chosen and reference models, and the spread over `seed_trials`
-    ({role: extra-seed TrialResults}); without a test split only the seeds' validation spread."""
+    ({role: extra-seed TrialResults}); without a test split only the seeds' validation spread.
+
+    The models predict in one Ray task with `resources` (Ray's num_cpus, num_gpus), like a trial.
+    """
     from data_prep import PreparedData
     from model.inference import weighted_mean
     from model.metrics import paired_pearson_difference, pearson, pearson_interval
@@ -34,13 +39,12 @@ def score_on_test(study: StudyResult, kmer: dict, progress=print, seed_trials: d
         return replace(study, seeds=seed_spreads(study, seed_trials, "validation", lambda t: t.best_eval_pearson))
     progress(f"scoring the chosen models once on the test split ({len(data.test_index):,} sequences)")
     codes = np.asarray(data.codes[data.test_index])
-    scored = [t for t in (study.best, study.baseline, study.legnet) if t is not None and t.checkpoint is not None]
+    # A trial with a best model: finished with signal (its checkpoint then holds the best epoch's model).
+    scored = [t for t in (study.best, study.baseline, study.legnet) if t is not None and t.rankable]
     members = list(study.ensemble.members) if study.ensemble is not None else []
-    extra = [t for trials in seed_trials.values() for t in trials if t.checkpoint is not None and t.rankable]
-    predicted = {}
-    for trial in scored + members + extra:
-        if trial.trial_id not in predicted:
-            predicted[trial.trial_id] = checkpoint_predictions(trial.checkpoint, codes)
+    extra = [t for trials in seed_trials.values() for t in trials if t.rankable]
+    checkpoints = {t.trial_id: t.checkpoint for t in scored + members + extra}
+    predicted = predict_checkpoints(checkpoints, codes, resources or {"num_cpus": 1})
     observed = data.read_test_targets().astype(np.float64)
     kmer_predicted = np.asarray(kmer["test_predicted"], np.float64)
     baseline = predicted.get(study.baseline.trial_id) if study.baseline is not None else None
@@ -89,12 +93,26 @@ def seed_spreads(study: StudyResult, seed_trials: dict, split: str, figure) -> t
     )
 
 
-def checkpoint_predictions(checkpoint, codes: np.ndarray) -> np.ndarray:
-    """A trial's best-epoch model, from its checkpoint, on `codes`, as the trial predicts its validation split."""
+def predict_checkpoints(checkpoints: dict, codes: np.ndarray, resources: dict) -> dict[str, np.ndarray]:
+    """{trial id: its best-epoch model's predictions on `codes`}, in one Ray task on a worker, so the
+    driver never imports TensorFlow."""
+    import ray
+
+    if not checkpoints:
+        return {}
+    task = ray.remote(_predict_checkpoints).options(**resources)
+    return ray.get(task.remote(checkpoints, codes))
+
+
+def _predict_checkpoints(checkpoints: dict, codes: np.ndarray) -> dict[str, np.ndarray]:
+    """Each checkpoint's best-epoch model on `codes`, as the trial predicted its validation split."""
     from model.inference import predict_codes
     from model.saving import load_model
     from search.trainable import BEST_MODEL_FILE
 
-    with checkpoint.as_directory() as directory:
-        model = load_model(Path(directory) / BEST_MODEL_FILE)
-    return np.asarray(predict_codes(model, codes), np.float64)
+    predicted = {}
+    for trial_id, checkpoint in checkpoints.items():
+        with checkpoint.as_directory() as directory:
+            model = load_model(Path(directory) / BEST_MODEL_FILE)
+        predicted[trial_id] = np.asarray(predict_codes(model, codes), np.float64)
+    return predicted

@@ -57,14 +57,7 @@ def run_study(config: StudyConfig, progress=print) -> results.StudyResult:
                 trainable,
                 param_space=param_space,
                 tune_config=tune_config(config),
-                run_config=tune.RunConfig(
-                    name=config.name,
-                    storage_path=settings.storage_path(config),
-                    callbacks=[logger, console_reporter(config, progress)],
-                    failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    verbose=1 if config.verbose else 0,
-                ),
+                run_config=run_config(config, config.name, [logger, console_reporter(config, progress)]),
             )
         with runtime.GracefulInterrupt() as interrupt:
             grid = tuner.fit()
@@ -86,7 +79,7 @@ def run_study(config: StudyConfig, progress=print) -> results.StudyResult:
         )
         seed_trials = confirm_seeds(config, study, trainable, runs, parent_run_id, device_share, progress)
         # Every choice is made: now, and only now, the test split.
-        study = score_on_test(study, reference, progress, seed_trials)
+        study = score_on_test(study, reference, progress, seed_trials, {"num_cpus": config.cpus_per_trial, "num_gpus": gpus})
         runs.log_trial_figures(study)
         registered = results.Registration()
         if parent_run_id:
@@ -99,6 +92,20 @@ def run_study(config: StudyConfig, progress=print) -> results.StudyResult:
         raise
     runs.close_open_runs("KILLED")
     return replace(study, registered=registered)
+
+
+def run_config(config: StudyConfig, name: str, callbacks: list):
+    """Where a Tuner of the study saves its state, what it calls back, and its retries."""
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=settings.storage_path(config),
+        callbacks=callbacks,
+        failure_config=tune.FailureConfig(max_failures=config.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=1 if config.verbose else 0,
+    )
 
 
 def seed_points(config: StudyConfig, study: results.StudyResult) -> list[tuple[str, dict]]:
@@ -135,7 +142,7 @@ def confirm_seeds(config: StudyConfig, study, trainable, runs, parent_run_id, de
     progress(report.seeds_header(config.seeds_to_confirm, roles, config.max_epochs, len(points)))
     keys = sorted({key for _, point in points for key in point})
     # Ray fills the points into this space: a field they share is a constant, one they differ in a choice.
-    param_space = {}
+    param_space = {"data_dir": str(Path(config.data_dir).resolve())}
     for key in keys:
         values = list(dict.fromkeys(point.get(key) for _, point in points))
         param_space[key] = values[0] if len(values) == 1 else tune.choice(values)
@@ -147,19 +154,13 @@ def confirm_seeds(config: StudyConfig, study, trainable, runs, parent_run_id, de
         tune_config=tune.TuneConfig(
             metric=TUNE_METRIC,
             mode="max",
-            search_alg=BasicVariantGenerator(points_to_evaluate=[dict(point) for _, point in points]),
+            search_alg=BasicVariantGenerator(
+                points_to_evaluate=[dict(point) for _, point in points], max_concurrent=config.max_concurrent or 0
+            ),
             num_samples=len(points),
-            max_concurrent_trials=config.max_concurrent,
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(
-            name=f"{config.name}-seeds",
-            storage_path=settings.storage_path(config),
-            callbacks=[logger, console],
-            failure_config=tune.FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=1 if config.verbose else 0,
-        ),
+        run_config=run_config(config, f"{config.name}-seeds", [logger, console]),
     )
     with runtime.GracefulInterrupt() as interrupt:
         grid = tuner.fit()
