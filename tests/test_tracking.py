@@ -83,8 +83,9 @@ def test_seed_baseline_run_is_complete_honest_and_quiet(tmp_path, tiny_data):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.info.run_name == "baseline" and run.data.tags["baseline"] == "true"
     assert {k: run.data.params[k] for k in SEED} == SEED
-    # 300 training sequences: the batch is capped so an epoch has at least 32 optimizer steps
-    assert run.data.params["batch_size"] == "64" and run.data.params["resolved_batch_size"] == "9"
+    # 260 training sequences (400 less 100 validation and 40 test): the batch is capped so an epoch has
+    # at least 32 optimizer steps
+    assert run.data.params["batch_size"] == "64" and run.data.params["resolved_batch_size"] == "8"
 
     for metric in ("train_loss", "eval_pearson", "system/host_rss_peak_mb"):
         history = client.get_metric_history(run.info.run_id, metric)
