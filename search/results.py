@@ -161,9 +161,10 @@ class EnsembleResult:
 
     @property
     def composition(self) -> str:
-        """Members and weights in one line: `0.48 a1b2c3d4, 0.32 e5f6a7b8, 0.20 k-mer reference`."""
-        parts = [f"{weight:.2f} {member.trial_id}" for member, weight in zip(self.members, self.weights)]
-        return ", ".join(parts + ([f"{self.kmer_weight:.2f} {KMER_MEMBER}"] if self.kmer_weight > 0 else []))
+        """Members and weights in one line, heaviest first: `0.48 a1b2c3d4, 0.32 k-mer reference, 0.20 e5f6a7b8`."""
+        named = [(weight, member.trial_id) for member, weight in zip(self.members, self.weights)]
+        named += [(self.kmer_weight, KMER_MEMBER)] if self.kmer_weight > 0 else []
+        return ", ".join(f"{weight:.2f} {name}" for weight, name in sorted(named, key=lambda pair: -pair[0]))
 
 
 @dataclass(frozen=True)
