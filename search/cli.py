@@ -438,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument(
         "--test-size",
         type=int,
-        help="test sequences, scored once when a study has chosen (default: as --eval-size; 0: no test split, "
-        "for scoring on your own test file)",
+        help="test sequences, scored once when a study has chosen (default: the smaller of 10,000 and 10%%, "
+        "as for --eval-size; 0: no test split, for scoring on your own test file)",
     )
     prepare.add_argument("--split-seed", type=int, default=0, help="seed of the splits (default: %(default)s)")
     prepare.set_defaults(handler=cmd_prepare)
