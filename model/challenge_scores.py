@@ -110,8 +110,9 @@ def challenge_scores(measured, predicted, subsets: ChallengeSubsets | None = Non
     return ChallengeScores(tuple(scores.values()), *weighted)
 
 
-def format_table(scores: ChallengeScores) -> str:
-    """The terminal table: one line per subset, then the weighted scores (or why they are missing)."""
+def format_table(scores: ChallengeScores, challenge_file: bool = True) -> str:
+    """The terminal table: one line per subset, then the weighted scores (or why they are missing, for a
+    challenge test file; a prepared split has no subsets to miss)."""
     lines = [f"{'subset':<20} {'n':>13} {'weight':>6} {'pearson r':>10} {'r^2':>7} {'spearman':>9}"]
     for score in scores.subsets:
         n = f"{score.size:,}" + (" pairs" if score.paired else "")
@@ -121,7 +122,8 @@ def format_table(scores: ChallengeScores) -> str:
         )
     if scores.pearson_score is None:
         missing = [name for name in WEIGHTS if name not in {s.name for s in scores.subsets}]
-        lines.append(f"PearsonScore and SpearmanScore need every subset; missing: {', '.join(missing)}")
+        if challenge_file:
+            lines.append(f"PearsonScore and SpearmanScore need every subset; missing: {', '.join(missing)}")
     else:
         lines.append(f"PearsonScore  {scores.pearson_score:.4f}")
         lines.append(f"SpearmanScore {scores.spearman_score:.4f}")

@@ -280,7 +280,7 @@ def cmd_evaluate(args) -> int:
             batch_size=args.batch_size,
             progress=_progress_bar,
         )
-    print(format_table(scores))
+    print(format_table(scores, challenge_file=args.data is None))
     if args.log_to:
         print(f"logged the scores to MLflow run {args.log_to}")
     return 0
