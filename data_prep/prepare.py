@@ -36,7 +36,8 @@ MANIFEST = "manifest.json"
 # Caches dream-hpo derives from a prepared set and keeps beside it; part of its layout.
 KMER_REFERENCE_FILE = "kmer_reference.json"
 DERIVED_FILES = (KMER_REFERENCE_FILE,)
-ARRAYS = ("codes", "targets", "train_index", "eval_index", "test_index", "test_targets")
+# The arrays of a manifest without an `arrays` entry (format 1), which `--overwrite` may replace.
+UNLISTED_ARRAYS = ("codes", "targets", "train_index", "eval_index")
 DEFAULT_EVAL_SIZE = 10_000
 DEFAULT_EVAL_RULE = f"the smaller of {DEFAULT_EVAL_SIZE:,} and 10 % of the sequences"
 # The test split has the same default rule as the validation split.
@@ -140,7 +141,7 @@ def _prepared_files(directory: Path) -> set[str] | None:
     """The manifest and the array files it names; None without a readable manifest."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
-        arrays = manifest.get("arrays") or {name: {"file": f"{name}.npy"} for name in ARRAYS[:4]}
+        arrays = manifest.get("arrays") or {name: {"file": f"{name}.npy"} for name in UNLISTED_ARRAYS}
         derived = {name for name in DERIVED_FILES if (directory / name).is_file()}
         return {MANIFEST, *(str(spec["file"]) for spec in arrays.values()), *derived}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

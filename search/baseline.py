@@ -107,8 +107,12 @@ class SeedNaming:
     def __init__(self, points: list[tuple[str, dict]]):
         self.points = points
 
+    def role_of(self, trial_config: dict) -> str:
+        """Whose config the trial retrains: `best` or `baseline`."""
+        return next(role for role, config in self.points if same_trial(trial_config, config))
+
     def __call__(self, trial_config: dict, number: int) -> tuple[str, dict]:
-        role = next(role for role, config in self.points if same_trial(trial_config, config))
+        role = self.role_of(trial_config)
         return f"{role}-seed-{trial_config['seed']}", {"baseline": "false", "run_kind": "confirm_seed", "confirms": role}
 
 

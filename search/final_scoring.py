@@ -66,6 +66,7 @@ def score_on_test(
             [predicted[m.trial_id] for m in members] + [kmer_predicted], [*ensemble.weights, ensemble.kmer_weight]
         )
         ensemble = replace(ensemble, test=score(blend))
+
     def seed_figure(trial) -> float:
         return pearson(observed, predicted[trial.trial_id]) if trial.trial_id in predicted else math.nan
 

@@ -146,7 +146,8 @@ def confirm_seeds(config: StudyConfig, study, trainable, runs, parent_run_id, de
     for key in keys:
         values = list(dict.fromkeys(point.get(key) for _, point in points))
         param_space[key] = values[0] if len(values) == 1 else tune.choice(values)
-    logger = tracking.MlflowTrialLogger(runs, SeedNaming(points), trial_params, parent_run_id)
+    naming = SeedNaming(points)
+    logger = tracking.MlflowTrialLogger(runs, naming, trial_params, parent_run_id)
     console = ConsoleReporter(len(points), config.max_epochs, False, dict(config.fixed), None, progress)
     tuner = tune.Tuner(
         trainable,
@@ -166,12 +167,10 @@ def confirm_seeds(config: StudyConfig, study, trainable, runs, parent_run_id, de
         grid = tuner.fit()
     if interrupt.happened:
         raise KeyboardInterrupt(f"(the search is saved); continue it with --resume --name {config.name}")
-    naming = SeedNaming(points)
     by_role = {role: [] for role in roles}
     for outcome in grid:
         trial = trial_result(outcome, runs, config, device_share, None)
-        role = naming(trial.config, 0)[1]["confirms"]
-        by_role[role].append(trial)
+        by_role[naming.role_of(trial.config)].append(trial)
     return {role: sorted(trials, key=lambda t: t.config["seed"]) for role, trials in by_role.items()}
 
 
