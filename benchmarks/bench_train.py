@@ -124,7 +124,7 @@ def window_batches(data, rows, batch: int, trial):
     from data_prep.batches import WindowBatches
 
     inputs = trial.inputs
-    return WindowBatches(data.codes, data.targets, rows, batch, seed=0, length=inputs.length, singleton=inputs.singleton_channel)
+    return WindowBatches(data.codes, data.targets, rows, batch, seed=0, length=inputs.length(), singleton=inputs.singleton_channel)
 
 
 def trivial_model(jit_compile: bool, trial):
@@ -133,7 +133,7 @@ def trivial_model(jit_compile: bool, trial):
 
     from model import BaseOneHot, poisson_loss
 
-    codes = keras.Input((trial.inputs.length,), dtype="uint8")
+    codes = keras.Input((trial.inputs.length(),), dtype="uint8")
     x = keras.layers.GlobalAveragePooling1D()(BaseOneHot()(codes))
     model_inputs = codes
     if trial.inputs.singleton_channel:

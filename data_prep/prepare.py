@@ -1,6 +1,7 @@
-"""Turn a DREAM training file into the arrays every trial memory-maps.
+"""Turn a DREAM training file or a user's sequence table into the arrays every trial memory-maps.
 
-A prepared directory holds `codes.npy` (uint8, n x 110), `targets.npy` (float32),
+A prepared directory holds `codes.npy` (uint8, n x the layout's width), `targets.npy`
+(float32, n for one task, n x tasks for several),
 `train_index.npy` / `eval_index.npy` / `test_index.npy` (the fixed training,
 validation and test splits), `test_targets.npy` and `manifest.json`, which states
 each array's file, dtype and shape. The test split's targets live only in
@@ -27,11 +28,16 @@ from typing import Callable
 import numpy as np
 
 from data_prep.dream_format import DreamFormatError, read_blocks
-from data_prep.encoding import N_CODE, SEQUENCE_WIDTH, WINDOW_LENGTH, WINDOW_START
+from data_prep.encoding import DREAM_LAYOUT, N_CODE, SEQUENCE_WIDTH, SequenceLayout, fit_sequences
+from data_prep.table_format import detect_format, read_table
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Directories of format 2 (no test split) still load; their figures are validation figures.
-READABLE_VERSIONS = (2, 3)
+# Formats 2 and 3 are DREAM files: DREAM_LAYOUT, one task.
+READABLE_VERSIONS = (2, 3, 4)
+FORMATS = ("dream", "table")
+# The one task of DREAM data.
+DREAM_TASK = "expression"
 MANIFEST = "manifest.json"
 # Caches dream-hpo derives from a prepared set and keeps beside it; part of its layout.
 KMER_REFERENCE_FILE = "kmer_reference.json"
@@ -53,6 +59,29 @@ class PreparedDataError(ValueError):
     """A prepared directory that cannot be trained on; the message names the file, the value and what is allowed."""
 
 
+@dataclass(frozen=True)
+class TableOptions:
+    """How to read a user's table (data_prep.table_format) and lay its sequences out.
+
+    `length` fixes the stored width (default: the longest sequence); a longer sequence
+    is cut on the `trim` side only when `trim` is given, never otherwise. `window` is
+    the (start, end) columns models read (default: the whole width).
+    """
+
+    sequence_column: str | None = None
+    target_columns: tuple[str, ...] = ()
+    split_column: str | None = None
+    validation_values: tuple[str, ...] = ()
+    test_values: tuple[str, ...] = ()
+    length: int | None = None
+    trim: str | None = None
+    pad: str = "right"
+    window: tuple[int, int] | None = None
+
+    def is_default(self) -> bool:
+        return self == TableOptions()
+
+
 def prepare(
     source,
     out_dir,
@@ -61,11 +90,15 @@ def prepare(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     test_size: int | None = None,
+    format: str | None = None,
+    table: TableOptions = TableOptions(),
 ) -> dict:
     """Validate and encode `source` into `out_dir`; returns the manifest.
 
-    `eval_size=None` holds out DEFAULT_EVAL_RULE (at least 1) for validation, and
-    `test_size=None` as many again for test; `test_size=0` keeps two splits. `out_dir` may exist
+    `format` is "dream" or "table" (None: detected from the first line); `table` says
+    how to read a table. `eval_size=None` holds out DEFAULT_EVAL_RULE (at least 1) for
+    validation, and `test_size=None` as many again for test; `test_size=0` keeps two
+    splits; a table's split column replaces both. `out_dir` may exist
     only as an empty directory or, with `overwrite`, as exactly a prepared layout;
     anything else is refused, never deleted. The data is built beside `out_dir` and
     renamed into place, so a failure or an interruption leaves `out_dir` as it was.
@@ -77,6 +110,20 @@ def prepare(
         raise ValueError(f"--test-size must be 0 or more (0 keeps no test split), got {test_size}")
     if split_seed < 0:
         raise ValueError(f"--split-seed must be 0 or more, got {split_seed}")
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"--format must be one of {list(FORMATS)}, got {format!r}")
+    _check_table_options(table, eval_size, test_size)
+    if format is None:
+        try:
+            format = detect_format(source)
+        except DreamFormatError:
+            format = "dream"  # unreadable: the strict reader says why, as it always has
+    if format == "dream" and not table.is_default():
+        raise ValueError(
+            f"{source} is read in the DREAM format (SEQUENCE<TAB>EXPRESSION, the seed's 110-wide layout); "
+            "the table options (--sequence-column, --target-column, --split-column, --length, --window ...) "
+            "apply to --format table"
+        )
     replaces = check_output_directory(out_dir, overwrite)
     created = [parent for parent in (out_dir.parent, *out_dir.parent.parents) if not parent.exists()]
     # Made with mkdir, not mkdtemp, so the directory gets the umask's permissions, not 0700.
@@ -84,7 +131,11 @@ def prepare(
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         scratch.mkdir()
-        manifest = _write_arrays(source, scratch, eval_size, test_size, split_seed, progress)
+        if format == "dream":
+            read = _read_dream(source, scratch, progress)
+        else:
+            read = _read_table(source, scratch, table)
+        manifest = _write_arrays(source, scratch, read, eval_size, test_size, split_seed)
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _install(scratch, out_dir, replaces)
     except BaseException as error:
@@ -172,14 +223,18 @@ def _install(scratch: Path, out_dir: Path, replaces: set[str] | None) -> None:
         old.rmdir()
 
 
-def array_layout(count: int, train_size: int, eval_size: int, test_size: int | None) -> dict:
+def array_layout(
+    count: int, train_size: int, eval_size: int, test_size: int | None, width: int = SEQUENCE_WIDTH, tasks: int = 1
+) -> dict:
     """File, dtype and shape of each array of a prepared directory, as its manifest states them.
 
-    `test_size=None` is the layout of format 2, which had no test split.
+    `test_size=None` is the layout of format 2, which had no test split. Targets are
+    one column per task, a vector for one task.
     """
+    per_task = [] if tasks == 1 else [tasks]
     layout = {
-        "codes": {"file": "codes.npy", "dtype": "uint8", "shape": [count, SEQUENCE_WIDTH]},
-        "targets": {"file": "targets.npy", "dtype": "float32", "shape": [count]},
+        "codes": {"file": "codes.npy", "dtype": "uint8", "shape": [count, width]},
+        "targets": {"file": "targets.npy", "dtype": "float32", "shape": [count, *per_task]},
         "train_index": {"file": "train_index.npy", "dtype": "int64", "shape": [train_size]},
         "eval_index": {"file": "eval_index.npy", "dtype": "int64", "shape": [eval_size]},
     }
@@ -187,11 +242,40 @@ def array_layout(count: int, train_size: int, eval_size: int, test_size: int | N
         return layout
     return layout | {
         "test_index": {"file": "test_index.npy", "dtype": "int64", "shape": [test_size]},
-        "test_targets": {"file": "test_targets.npy", "dtype": "float32", "shape": [test_size]},
+        "test_targets": {"file": "test_targets.npy", "dtype": "float32", "shape": [test_size, *per_task]},
     }
 
 
-def _write_arrays(source: Path, scratch: Path, eval_size: int | None, test_size: int | None, split_seed: int, progress) -> dict:
+def _check_table_options(table: TableOptions, eval_size: int | None, test_size: int | None) -> None:
+    """The table flags among themselves, before anything is read."""
+    if table.split_column is not None and (eval_size is not None or test_size is not None):
+        raise ValueError("--split-column gives the splits; drop --eval-size and --test-size")
+    if (table.validation_values or table.test_values) and table.split_column is None:
+        raise ValueError("--validation-values and --test-values map values of --split-column; give --split-column")
+    if table.length is not None and table.length < 1:
+        raise ValueError(f"--length must be at least 1, got {table.length}")
+    if table.trim is not None and table.length is None:
+        raise ValueError("--trim cuts sequences to --length; give --length too")
+    if table.window is not None:
+        start, end = table.window
+        if not 0 <= start < end:
+            raise ValueError(f"--window {start}:{end}: it needs 0 <= START < END")
+
+
+@dataclass
+class _Read:
+    """A source's rows, encoded: codes are already in `scratch/codes.npy`."""
+
+    format: str
+    layout: SequenceLayout
+    count: int
+    targets: np.ndarray  # (count, tasks) float32
+    task_names: tuple[str, ...]
+    split: np.ndarray | None  # int8 codes of table_format.SPLIT_NAMES, from the user's split column
+    details: dict  # the manifest's record of what reading found
+
+
+def _read_dream(source: Path, scratch: Path, progress) -> _Read:
     lengths = np.zeros(0, dtype=np.int64)
     targets = []
     count = n_characters = 0
@@ -208,25 +292,91 @@ def _write_arrays(source: Path, scratch: Path, eval_size: int | None, test_size:
         assert len(final_header) == len(header), "NumPy's .npy header must not change size"
         codes_file.seek(0)
         codes_file.write(final_header)
-    eval_rule = "--eval-size" if eval_size is not None else DEFAULT_EVAL_RULE
-    test_rule = "--test-size" if test_size is not None else DEFAULT_TEST_RULE
-    eval_size = default_split_size(count) if eval_size is None else eval_size
-    test_size = default_split_size(count) if test_size is None else test_size
-    if eval_size + test_size >= count:
+    targets = np.concatenate(targets).astype(np.float32)[:, None]
+    details = {
+        "length_histogram": {str(k): int(v) for k, v in enumerate(lengths) if v},
+        "truncated": int(lengths[SEQUENCE_WIDTH + 1 :].sum()),
+        "padded": int(lengths[:SEQUENCE_WIDTH].sum()),
+        "n_characters": n_characters,
+        "expression": _target_statistics(targets[:, 0]),
+    }
+    return _Read("dream", DREAM_LAYOUT, count, targets, (DREAM_TASK,), None, details)
+
+
+def _read_table(source: Path, scratch: Path, options: TableOptions) -> _Read:
+    table = read_table(
+        source,
+        sequence_column=options.sequence_column,
+        target_columns=options.target_columns,
+        split_column=options.split_column,
+        validation_values=options.validation_values,
+        test_values=options.test_values,
+    )
+    lengths = np.fromiter(map(len, table.sequences), dtype=np.int64, count=len(table.sequences))
+    width = int(lengths.max()) if options.length is None else options.length
+    if options.length is not None and options.trim is None and (lengths > width).any():
+        row = int(np.argmax(lengths > width))
         raise DreamFormatError(
             source,
-            f"has {count:,} sequences; the validation split of {eval_size:,} and the test split of "
-            f"{test_size:,} must leave training data",
+            f"column {table.sequence_column!r} holds a sequence of {lengths[row]} bases, longer than --length "
+            f"{width}; give --trim left, right or both to cut such sequences ({int((lengths > width).sum()):,} of them)",
+            row + 2,
         )
-    targets = np.concatenate(targets).astype(np.float32)
-    statistics = _target_statistics(targets)
-    # One seeded permutation: validation first (the same rows as with --test-size 0), then test.
-    order = np.random.default_rng(split_seed).permutation(count).astype(np.int64)
-    eval_index = np.sort(order[:eval_size])
-    test_index = np.sort(order[eval_size : eval_size + test_size])
+    start, end = options.window or (0, width)
+    if end > width:
+        raise ValueError(f"--window {start}:{end} ends past the stored width of {width} bases")
+    layout = SequenceLayout(width, start, end - start, options.pad, options.trim)
+    codes, fitted = fit_sequences(table.sequences, layout)
+    np.save(scratch / "codes.npy", codes)
+    details = {
+        "sequence_column": table.sequence_column,
+        "split_column": table.split_column,
+        "ignored_columns": list(table.ignored_columns),
+        "length_histogram": {str(k): int(v) for k, v in zip(*np.unique(lengths, return_counts=True))},
+        "truncated": fitted.trimmed,
+        "padded": fitted.padded,
+        "n_characters": int(np.count_nonzero(codes == N_CODE)) - _padding_bases(lengths, width),
+        "tasks": {name: _target_statistics(table.targets[:, i]) for i, name in enumerate(table.task_names)},
+    }
+    return _Read("table", layout, len(codes), table.targets, table.task_names, table.split, details)
+
+
+def _padding_bases(lengths: np.ndarray, width: int) -> int:
+    return int(np.maximum(width - lengths, 0).sum())
+
+
+def _write_arrays(source: Path, scratch: Path, read: _Read, eval_size: int | None, test_size: int | None, split_seed: int) -> dict:
+    count = read.count
+    if read.split is not None:
+        eval_index, test_index, train_index = (np.flatnonzero(read.split == code).astype(np.int64) for code in (1, 2, 0))
+        eval_rule = test_rule = f"--split-column {read.details['split_column']}"
+        if not len(train_index) or not len(eval_index):
+            empty = "training" if not len(train_index) else "validation"
+            raise DreamFormatError(
+                source, f"the split column {read.details['split_column']!r} leaves the {empty} split empty"
+            )
+        eval_size, test_size = len(eval_index), len(test_index)
+    else:
+        eval_rule = "--eval-size" if eval_size is not None else DEFAULT_EVAL_RULE
+        test_rule = "--test-size" if test_size is not None else DEFAULT_TEST_RULE
+        eval_size = default_split_size(count) if eval_size is None else eval_size
+        test_size = default_split_size(count) if test_size is None else test_size
+        if eval_size + test_size >= count:
+            raise DreamFormatError(
+                source,
+                f"has {count:,} sequences; the validation split of {eval_size:,} and the test split of "
+                f"{test_size:,} must leave training data",
+            )
+        # One seeded permutation: validation first (the same rows as with --test-size 0), then test.
+        order = np.random.default_rng(split_seed).permutation(count).astype(np.int64)
+        eval_index = np.sort(order[:eval_size])
+        test_index = np.sort(order[eval_size : eval_size + test_size])
+        train_index = np.sort(order[eval_size + test_size :])
+    tasks = len(read.task_names)
+    targets = read.targets.astype(np.float32) if tasks > 1 else read.targets[:, 0].astype(np.float32)
     np.save(scratch / "eval_index.npy", eval_index)
     np.save(scratch / "test_index.npy", test_index)
-    np.save(scratch / "train_index.npy", np.sort(order[eval_size + test_size :]))
+    np.save(scratch / "train_index.npy", train_index)
     np.save(scratch / "test_targets.npy", targets[test_index])
     targets[test_index] = np.nan  # reachable only through test_targets.npy
     np.save(scratch / "targets.npy", targets)
@@ -235,6 +385,7 @@ def _write_arrays(source: Path, scratch: Path, eval_size: int | None, test_size:
         "format_version": FORMAT_VERSION,
         "source": str(source.resolve()),
         "source_sha256": sha256(source),
+        "source_format": read.format,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "count": count,
         "train_size": train_size,
@@ -243,15 +394,14 @@ def _write_arrays(source: Path, scratch: Path, eval_size: int | None, test_size:
         "test_size": test_size,
         "test_size_rule": test_rule,
         "split_seed": split_seed,
-        "arrays": array_layout(count, train_size, eval_size, test_size),
-        "sequence_width": SEQUENCE_WIDTH,
-        "window_start": WINDOW_START,
-        "window_length": WINDOW_LENGTH,
-        "length_histogram": {str(k): int(v) for k, v in enumerate(lengths) if v},
-        "truncated": int(lengths[SEQUENCE_WIDTH + 1 :].sum()),
-        "padded": int(lengths[:SEQUENCE_WIDTH].sum()),
-        "n_characters": n_characters,
-        "expression": statistics,
+        "tasks": list(read.task_names),
+        "target_minima": [float(v) for v in read.targets.min(axis=0)],
+        "layout": read.layout.to_dict(),
+        "arrays": array_layout(count, train_size, eval_size, test_size, read.layout.width, tasks),
+        "sequence_width": read.layout.width,
+        "window_start": read.layout.window_start,
+        "window_length": read.layout.window_length,
+        **read.details,
     }
 
 
@@ -335,7 +485,8 @@ def check_prepared(directory) -> dict:
             + (f" + test_size {test_size:,}" if test_size is not None else "")
             + f" must equal count {count:,}"
         )
-    expected = array_layout(count, train_size, eval_size, test_size)
+    facts = DataFacts.of(manifest, manifest_path)
+    expected = array_layout(count, train_size, eval_size, test_size, facts.layout.width, len(facts.tasks))
     if manifest.get("arrays") != expected:
         raise PreparedDataError(
             f"{manifest_path}: arrays is {manifest.get('arrays')!r}; for its counts it must be {expected}"
@@ -344,20 +495,20 @@ def check_prepared(directory) -> dict:
         if name != "test_targets":
             _check_npy(directory / spec["file"], np.dtype(spec["dtype"]), tuple(spec["shape"]))
     if test_size is not None:
-        _check_size_unopened(directory / expected["test_targets"]["file"], test_size)
-    _check_values(directory, count, test_size is not None)
+        _check_size_unopened(directory / expected["test_targets"]["file"], tuple(expected["test_targets"]["shape"]))
+    _check_values(directory, count, test_size is not None, facts.signed)
     return manifest
 
 
-def _check_size_unopened(path: Path, rows: int) -> None:
-    """The test targets file is there with the size a float32 array of `rows` needs; its contents are not read."""
+def _check_size_unopened(path: Path, shape: tuple) -> None:
+    """The test targets file is there with the size a float32 array of `shape` needs; its contents are not read."""
     if not path.is_file():
         raise PreparedDataError(f"{path}: missing; {MANIFEST} names it")
-    needed = len(_npy_header(rows, "<f4", None)) + 4 * rows
+    needed = len(_npy_header(shape[0], "<f4", shape[1] if len(shape) > 1 else None)) + 4 * int(np.prod(shape))
     size = path.stat().st_size
     if size != needed:
         state = "truncated" if size < needed else "longer than its array"
-        raise PreparedDataError(f"{path}: {state}: {size:,} bytes where float32 ({rows},) needs {needed:,}")
+        raise PreparedDataError(f"{path}: {state}: {size:,} bytes where float32 {shape} needs {needed:,}")
 
 
 def _check_npy(path: Path, dtype: np.dtype, shape: tuple) -> None:
@@ -384,7 +535,7 @@ def _check_npy(path: Path, dtype: np.dtype, shape: tuple) -> None:
         raise PreparedDataError(f"{path}: {state}: {size:,} bytes where {dtype} {shape} needs {needed:,}")
 
 
-def _check_values(directory: Path, count: int, has_test_split: bool) -> None:
+def _check_values(directory: Path, count: int, has_test_split: bool, signed: bool) -> None:
     codes = np.load(directory / "codes.npy", mmap_mode="r")
     if codes.max() > N_CODE:
         for start in range(0, count, 1 << 20):
@@ -413,15 +564,52 @@ def _check_values(directory: Path, count: int, has_test_split: bool) -> None:
             f"{directory}: row {int(np.argmin(seen)):,} is in none of {', '.join(splits)} (an index "
             "repeats); the splits must divide the rows between them"
         )
-    targets = np.load(directory / "targets.npy", mmap_mode="r")
+    targets = np.load(directory / "targets.npy", mmap_mode="r").reshape(count, -1)
     test_rows = np.zeros(count, dtype=bool)
     if has_test_split:
         test_rows[np.load(directory / "test_index.npy", mmap_mode="r")] = True
-    bad = ~np.where(test_rows, np.isnan(targets), np.isfinite(targets) & (targets >= 0))
+    valid = np.isfinite(targets) & (True if signed else targets >= 0)
+    bad = ~np.where(test_rows[:, None], np.isnan(targets), valid).all(axis=1)
     if bad.any():
         row = int(np.argmax(bad))
-        allowed = "NaN on a test row (its target is in test_targets.npy)" if test_rows[row] else "finite and >= 0"
-        raise PreparedDataError(f"{directory / 'targets.npy'}: row {row:,} holds {targets[row]}; it must be {allowed}")
+        allowed = "finite" if signed else "finite and >= 0"
+        allowed = "NaN on a test row (its target is in test_targets.npy)" if test_rows[row] else allowed
+        shown = targets[row, 0] if targets.shape[1] == 1 else targets[row]
+        raise PreparedDataError(f"{directory / 'targets.npy'}: row {row:,} holds {shown}; it must be {allowed}")
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What a prepared set fixes about the models trained on it: its format, layout and tasks."""
+
+    format: str
+    layout: SequenceLayout
+    tasks: tuple[str, ...]
+    target_minima: tuple[float, ...]
+
+    @property
+    def signed(self) -> bool:
+        """Whether targets may be negative: a table's may, the DREAM format's never."""
+        return self.format != "dream"
+
+    @classmethod
+    def of(cls, manifest: dict, manifest_path: Path | str = MANIFEST) -> "DataFacts":
+        """The facts a manifest records; formats 2 and 3 are DREAM files (DREAM_LAYOUT, one task)."""
+        if manifest.get("format_version", FORMAT_VERSION) < 4:
+            minimum = manifest.get("expression", {}).get("min", 0.0)
+            return cls("dream", DREAM_LAYOUT, (DREAM_TASK,), (float(minimum),))
+        try:
+            facts = cls(
+                manifest["source_format"],
+                SequenceLayout.from_dict(manifest["layout"]),
+                tuple(manifest["tasks"]),
+                tuple(float(v) for v in manifest["target_minima"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise PreparedDataError(f"{manifest_path}: its source_format, layout or tasks do not read ({error})") from None
+        if facts.format not in FORMATS or not facts.tasks or len(facts.target_minima) != len(facts.tasks):
+            raise PreparedDataError(f"{manifest_path}: source_format must be one of {list(FORMATS)}, with one minimum per task")
+        return facts
 
 
 @dataclass
@@ -453,13 +641,27 @@ class PreparedData:
     def has_test_split(self) -> bool:
         return len(self.test_index) > 0
 
+    @property
+    def facts(self) -> DataFacts:
+        return DataFacts.of(self.manifest, self.directory / MANIFEST)
+
     def read_test_targets(self) -> np.ndarray:
         """The test split's targets, in test_index order: for the one scoring pass after the study has chosen."""
         path = self.directory / self.manifest["arrays"]["test_targets"]["file"]
-        _check_npy(path, np.dtype("float32"), (len(self.test_index),))
+        _check_npy(path, np.dtype("float32"), tuple(self.manifest["arrays"]["test_targets"]["shape"]))
         targets = np.load(path)
-        bad = ~(np.isfinite(targets) & (targets >= 0))
+        signed = self.facts.signed
+        bad = ~(np.isfinite(targets) & (True if signed else targets >= 0))
         if bad.any():
-            row = int(np.argmax(bad))
-            raise PreparedDataError(f"{path}: entry {row:,} holds {targets[row]}; targets must be finite and >= 0")
+            row = int(np.argmax(bad.reshape(len(targets), -1).any(axis=1)))
+            allowed = "finite" if signed else "finite and >= 0"
+            raise PreparedDataError(f"{path}: entry {row:,} holds {targets[row]}; targets must be {allowed}")
         return targets
+
+
+def read_facts(directory) -> DataFacts | None:
+    """The facts a prepared directory's manifest records, or None without a readable one (`check_prepared` says why)."""
+    try:
+        return DataFacts.of(json.loads((Path(directory) / MANIFEST).read_text()))
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -79,6 +79,32 @@ def write_submission(path, sequences: list[str], predictions: np.ndarray, format
     return write_atomically(path, text)
 
 
+def write_task_predictions(
+    path, sequences: list[str], predictions: np.ndarray, tasks: tuple[str, ...], format: str = "tsv"
+) -> Path:
+    """Predictions of a table's model: TSV `sequence<TAB>TASK...` under a header line, or a JSON list of
+    one object per sequence (`{"sequence": ..., TASK: value, ...}`), written atomically."""
+    import json
+
+    predictions = np.asarray(predictions, dtype=np.float32).reshape(len(sequences), len(tasks))
+    bad = ~np.isfinite(predictions).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"the model predicted a non-finite value for {int(bad.sum()):,} sequences "
+            f"(first: row {int(np.argmax(bad)) + 1:,}); nothing written"
+        )
+    if format == "tsv":
+        rows = ("\t".join([sequence, *map(format_prediction, row)]) for sequence, row in zip(sequences, predictions))
+        text = "\t".join(["sequence", *tasks]) + "\n" + "".join(f"{row}\n" for row in rows)
+    else:
+        objects = [
+            {"sequence": sequence, **{task: float(value) for task, value in zip(tasks, row)}}
+            for sequence, row in zip(sequences, predictions)
+        ]
+        text = json.dumps(objects) + "\n"
+    return write_atomically(path, text)
+
+
 def write_atomically(path, text: str) -> Path:
     """Write `text` to a temporary file beside `path`, then rename it over `path`."""
     path = check_output_path(path)

@@ -51,15 +51,17 @@ POLY_DT_MIN, POLY_DT_EFFECT, POLY_DT_CAP = 4, 0.3, 2.4
 GC_EFFECT, GC_CENTRE = -6.0, 0.5
 
 
-def _codes(text: str) -> np.ndarray:
+def motif_codes(text: str) -> np.ndarray:
+    """Codes of a motif written in bases."""
     return CODE_OF_BYTE[np.frombuffer(text.encode(), np.uint8)]
 
 
-def _reverse_complement(codes: np.ndarray) -> np.ndarray:
+def reverse_complement(codes: np.ndarray) -> np.ndarray:
+    """The reverse complement of a motif's codes (A<->T, C<->G)."""
     return (3 - codes)[::-1]
 
 
-def _matches(window_codes: np.ndarray, motif: np.ndarray) -> np.ndarray:
+def motif_starts(window_codes: np.ndarray, motif: np.ndarray) -> np.ndarray:
     """Boolean (n, positions) where `motif` starts."""
     # One comparison per motif base over all start positions: much faster than reducing
     # a sliding-window view over its short last axis.
@@ -86,12 +88,12 @@ def expression_signal(codes: np.ndarray) -> np.ndarray:
     window_codes = np.asarray(codes)[:, WINDOW_START : WINDOW_START + WINDOW_LENGTH]
     signal = np.full(len(window_codes), BASE_LEVEL)
     for name, (motif, _, effect, both_strands) in MOTIFS.items():
-        motif = _codes(motif)
-        hits = _matches(window_codes, motif).astype(np.float64)
+        motif = motif_codes(motif)
+        hits = motif_starts(window_codes, motif).astype(np.float64)
         if name == "reb1":
             hits[:, hits.shape[1] // 2 :] *= REB1_3PRIME_BOOST
         if both_strands:
-            reverse = _matches(window_codes, _reverse_complement(motif)).astype(np.float64)
+            reverse = motif_starts(window_codes, reverse_complement(motif)).astype(np.float64)
             if name == "reb1":
                 reverse[:, reverse.shape[1] // 2 :] *= REB1_3PRIME_BOOST
             hits += reverse
@@ -110,11 +112,11 @@ def _synthesize_chunk(rng: np.random.Generator, n: int) -> tuple[bytes, np.ndarr
     )
     middle = rng.integers(0, 4, size=(n, MIDDLE_MAX), dtype=np.uint8)
     for motif, probability, _, both_strands in MOTIFS.values():
-        motif = _codes(motif)
+        motif = motif_codes(motif)
         rows = np.flatnonzero(rng.random(n) < probability)
         starts = rng.integers(0, lengths[rows] - len(motif) + 1)
         reverse = both_strands & (rng.random(len(rows)) < 0.5)
-        planted = np.where(reverse[:, None], _reverse_complement(motif), motif)
+        planted = np.where(reverse[:, None], reverse_complement(motif), motif)
         middle[rows[:, None], starts[:, None] + np.arange(len(motif))] = planted
     middle[rng.random(middle.shape) < N_RATE] = N_CODE
 

@@ -22,9 +22,13 @@ CROP_LENGTH = 85
 # The padded window holds the whole stored sequence (110 bases) and at most the plasmid
 # flank that data_prep.encoding carries.
 PADDED_LENGTHS = (110, 200)
-# "poisson": one value trained with the Poisson loss (the seed's); "bins": softmax over
-# expression bins trained with soft-label KL, predicting their expectation (LegNet's).
+# "poisson": one value per task, trained with `loss` (the seed's Poisson by default on
+# DREAM data); "bins": softmax over expression bins trained with soft-label KL,
+# predicting their expectation (LegNet's, for DREAM's one task of counts).
 OUTPUT_HEADS = ("poisson", "bins")
+# The one-value head's loss: "auto" is Poisson on DREAM-format data whose targets are
+# all >= 0, and mean squared error otherwise (signed log ratios, a user's table).
+LOSSES = ("auto", "poisson", "mse")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "one_cycle", "warmup_cosine")
 
@@ -217,7 +221,11 @@ class InputConfig(_Config):
     - `singleton_channel`: an input channel set to 1 for training examples whose
       measured value is a whole number (DREAM's single-bin measurements), 0 otherwise
       and always 0 at prediction.
-    - `output_head`: "poisson" or "bins" (`num_bins` bins, model.bins).
+    - `output_head`: "poisson" (one value per task) or "bins" (`num_bins` bins, model.bins).
+    - `loss`: the one-value head's loss, "poisson", "mse" or "auto" (`resolved_loss`).
+
+    The data decides the rest (`DataFacts`): the crop is the layout's window, and the
+    plasmid window, singleton channel and bins head apply to DREAM-format data only.
     """
 
     input_window: str = "crop"
@@ -227,6 +235,7 @@ class InputConfig(_Config):
     singleton_channel: bool = False
     output_head: str = "poisson"
     num_bins: int = 18
+    loss: str = "auto"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -242,11 +251,13 @@ class InputConfig(_Config):
             _check_bool(name, field, getattr(self, field))
         _check_choice(name, "output_head", self.output_head, OUTPUT_HEADS)
         _check_int(name, "num_bins", self.num_bins, minimum=2)
+        _check_choice(name, "loss", self.loss, LOSSES)
 
-    @property
-    def length(self) -> int:
-        """Bases the model reads per sequence."""
-        return CROP_LENGTH if self.input_window == "crop" else self.padded_length
+    def length(self, facts=None) -> int:
+        """Bases the model reads per sequence: the data's window (the seed's 85 bp crop on DREAM data) or the padded length."""
+        if self.input_window == "plasmid":
+            return self.padded_length
+        return CROP_LENGTH if facts is None else facts.layout.window_length
 
     @property
     def channels(self) -> int:
@@ -309,6 +320,64 @@ class TrainConfig(_Config):
                 raise ValueError(
                     f"{name}.{field} must be True, False or 'auto'; got {value!r}."
                 )
+
+
+def resolved_loss(inputs: InputConfig, facts=None) -> str:
+    """The loss a trial trains with on this data (`facts`: data_prep's DataFacts; None is DREAM data).
+
+    "auto" is Poisson on DREAM-format data with every target >= 0, else MSE; the bins
+    head has its own. Poisson with a negative target is refused, naming the task.
+    """
+    if inputs.output_head == "bins":
+        return "bins"
+    if facts is None:
+        return "poisson" if inputs.loss == "auto" else inputs.loss
+    counts = facts.format == "dream" and min(facts.target_minima) >= 0
+    loss = ("poisson" if counts else "mse") if inputs.loss == "auto" else inputs.loss
+    if loss == "poisson" and min(facts.target_minima) < 0:
+        task, smallest = min(zip(facts.tasks, facts.target_minima), key=lambda pair: pair[1])
+        raise ValueError(
+            f"loss 'poisson' needs targets >= 0, but task {task!r} goes down to {smallest:g}; "
+            "use loss=mse (or auto, which picks it for signed targets)"
+        )
+    return loss
+
+
+# The transformer needs at least this many positions left after the conv tower's halvings.
+MIN_TRANSFORMER_POSITIONS = 2
+
+
+def shortest_window(architecture) -> int:
+    """The shortest window a mini-Enformer can read: each tower block halves the length
+    (rounding up), and the transformer needs MIN_TRANSFORMER_POSITIONS positions. LegNet has no pooling."""
+    if not isinstance(architecture, ModelConfig):
+        return 1
+    return (MIN_TRANSFORMER_POSITIONS - 1) * 2**architecture.tower_blocks + 1
+
+
+def unbuildable(trial: "TrialConfig", facts) -> str | None:
+    """Why `trial` cannot be built and trained on this data (data_prep's DataFacts), or None when it can."""
+    inputs, dream = trial.inputs, facts.format == "dream"
+    if not dream:
+        for field, value in (("input_window", "plasmid"), ("singleton_channel", True), ("output_head", "bins")):
+            if getattr(inputs, field) == value:
+                return (
+                    f"{field}={value!r} applies to DREAM-format data only (the DREAM plasmid, whole-number "
+                    "measurements, expression bins); this data is a table"
+                )
+    if len(facts.tasks) > 1 and inputs.output_head == "bins":
+        return f"output_head='bins' predicts one task; this data has {len(facts.tasks)}"
+    try:
+        resolved_loss(inputs, facts)
+    except ValueError as error:
+        return str(error)
+    length, shortest = inputs.length(facts), shortest_window(trial.architecture)
+    if length < shortest:
+        return (
+            f"a mini-Enformer with tower_blocks={trial.architecture.tower_blocks} reads at least {shortest} bases; "
+            f"this data's window is {length} (fewer tower_blocks, or prepare with a wider --window)"
+        )
+    return None
 
 
 # LegNet's published recipe (legnet.md): its ingredients and training, beside its

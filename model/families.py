@@ -3,8 +3,8 @@
 A family is a module with `build_network(config, inputs)`, the network from the
 ingredients' input (length x channels) to the output head's (one value, or bin
 probabilities). Around it, built here for every family alike:
-- the serving model (`build_model`): float one-hot (batch, length, 4) -> (batch, 1)
-  expression; it adds the strand and singleton channels, averages strands and takes
+- the serving model (`build_model`): float one-hot (batch, length, 4) -> (batch, tasks)
+  values; it adds the strand and singleton channels, averages strands and takes
   the bins' expectation. This is what trials evaluate, save and serve.
 - the training model (`build_training_model`): uint8 base codes (batch, length), plus
   each example's singleton flag (batch, 1) when that channel is on -> the network's
@@ -28,9 +28,9 @@ NETWORK_NAMES = (mini_enformer.CORE_NAME, legnet.CORE_NAME)
 WRAPPER_NAME = "strand_averaged"
 
 
-def build_network(architecture: ModelConfig | LegNetConfig, inputs: InputConfig) -> keras.Model:
-    """The family's network, picked by the architecture config's type."""
-    return BUILDERS[family_of(architecture)](architecture, inputs)
+def build_network(architecture: ModelConfig | LegNetConfig, inputs: InputConfig, facts=None) -> keras.Model:
+    """The family's network, picked by the architecture config's type, for this data (`facts`; None is DREAM data)."""
+    return BUILDERS[family_of(architecture)](architecture, inputs, facts)
 
 
 def _input_layer(network: keras.Model, inputs: InputConfig):
@@ -48,27 +48,38 @@ def _input_layer(network: keras.Model, inputs: InputConfig):
 
 def _serving(feeding: keras.layers.Layer, network: keras.Model) -> keras.Model:
     """One-hot (batch, length, 4) -> (batch, 1): the wrapper (if any), then the bins' expectation (if bins)."""
-    if feeding is network and network.output_shape[-1] == 1:
+    bins = _is_bins(network)
+    if feeding is network and not bins:
         return network  # the seed's model, exactly as it always was saved
     length = network.input_shape[1]
     one_hot = keras.Input((length, NUM_BASES), dtype="float32", name="one_hot")
     x = feeding(one_hot)
-    if network.output_shape[-1] > 1:
+    if bins:
         x = ExpectedBin(name="expected_bin")(x)
     return keras.Model(one_hot, x, name=network.name)
 
 
-def build_model(architecture: ModelConfig | LegNetConfig, inputs: InputConfig = InputConfig()) -> keras.Model:
-    """The serving model: float one-hot (batch, length, 4) -> (batch, 1) float32 expression."""
-    network = build_network(architecture, inputs)
+def _is_bins(network: keras.Model) -> bool:
+    """Whether the network's head ends in a softmax over bins (the bins head), not one value per task."""
+    last = network.get_layer("head").layers[-1]
+    return getattr(last, "activation", None) is keras.activations.softmax
+
+
+def build_model(
+    architecture: ModelConfig | LegNetConfig, inputs: InputConfig = InputConfig(), facts=None
+) -> keras.Model:
+    """The serving model: float one-hot (batch, length, 4) -> (batch, tasks) float32 values."""
+    network = build_network(architecture, inputs, facts)
     return _serving(_input_layer(network, inputs), network)
 
 
-def build_training_model(architecture: ModelConfig | LegNetConfig, inputs: InputConfig = InputConfig()) -> keras.Model:
+def build_training_model(
+    architecture: ModelConfig | LegNetConfig, inputs: InputConfig = InputConfig(), facts=None
+) -> keras.Model:
     """uint8 codes (batch, length) [+ singleton flags (batch, 1)] -> BaseOneHot -> the network's output (shared weights)."""
-    network = build_network(architecture, inputs)
+    network = build_network(architecture, inputs, facts)
     feeding = _input_layer(network, inputs)
-    codes = keras.Input((inputs.length,), dtype="uint8", name="codes")
+    codes = keras.Input((inputs.length(facts),), dtype="uint8", name="codes")
     one_hot = BaseOneHot(name="base_one_hot")(codes)
     if inputs.singleton_channel:
         flags = keras.Input((1,), dtype="float32", name="singleton")

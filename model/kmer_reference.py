@@ -4,7 +4,8 @@ Each prepared data set gets one reference, fitted on its training split with the
 ridge penalty chosen by k-fold cross-validation there, scored on its evaluation
 split, and cached as JSON beside the arrays (`kmer_reference(data_dir)`).
 
-Counts are taken over the same 85 bp window the model sees (shift 0), so the
+Each task gets its own ridge. Counts are taken over the same window the model sees
+(the data's layout, shift 0; the 85 bp crop on DREAM data), so the
 reference and the model get exactly the same bases: a gap between them is what
 the model makes of order and spacing, not extra sequence. N-containing k-mers are
 skipped. The 5,376 counts are never stored for the whole set: chunks of rows are
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.encoding import N_CODE, WINDOW_LENGTH, window
+from data_prep.encoding import DREAM_LAYOUT, N_CODE, SequenceLayout, window
 from data_prep.prepare import KMER_REFERENCE_FILE as CACHE_FILE
 from model.metrics import pearson
 
@@ -40,7 +41,7 @@ FOLDS = 3
 # sequences the fit uses a seeded subsample.
 MAX_FIT_ROWS = 100_000
 CHUNK_ROWS = 2_048
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 def kmer_counts(windows: np.ndarray) -> np.ndarray:
@@ -180,8 +181,9 @@ def fit_kmer_ridge(windows, targets, folds: int = FOLDS, penalties=PENALTIES, se
 
 
 def predict_kmer_ridge(fit: dict, windows) -> np.ndarray:
+    """`(n,)` predictions for one task's weights `(features,)`, `(n, tasks)` for `(features, tasks)`."""
     windows = np.asarray(windows)
-    out = np.empty(len(windows))
+    out = np.empty((len(windows), *np.shape(fit["weights"])[1:]))
     for start in range(0, len(windows), CHUNK_ROWS):
         counts = kmer_counts(windows[start : start + CHUNK_ROWS])
         out[start : start + len(counts)] = counts.astype(np.float64) @ fit["weights"] + fit["intercept"]
@@ -190,28 +192,52 @@ def predict_kmer_ridge(fit: dict, windows) -> np.ndarray:
 
 @dataclass(frozen=True)
 class KmerRidge:
-    """The fitted reference as a model an ensemble can hold: weights on raw counts and an intercept."""
+    """The fitted reference as a model an ensemble can hold: weights on raw counts and an intercept, per task.
+
+    `weights` is `(features,)` with a scalar intercept for one task, `(features, tasks)`
+    with one intercept per task for several.
+    """
 
     weights: np.ndarray
-    intercept: float
+    intercept: float | np.ndarray
 
     @classmethod
     def of(cls, reference: dict) -> "KmerRidge":
         """The model inside `kmer_reference`'s result."""
-        return cls(np.asarray(reference["weights"], np.float64), float(reference["intercept"]))
+        return cls(np.asarray(reference["weights"], np.float64), _intercept(reference["intercept"]))
 
-    def predict_codes(self, codes: np.ndarray) -> np.ndarray:
-        """Predictions `(n,)` for 110-wide base codes, on the unshifted window the reference was fitted on."""
+    def predict_codes(self, codes: np.ndarray, layout: SequenceLayout = DREAM_LAYOUT) -> np.ndarray:
+        """Predictions `(n,)` or `(n, tasks)` for stored codes, on the unshifted window the reference was fitted on."""
         codes = np.asarray(codes)
-        return predict_kmer_ridge({"weights": self.weights, "intercept": self.intercept}, window(codes, np.arange(len(codes)), 0))
+        windows = window(codes, np.arange(len(codes)), 0, layout)
+        return predict_kmer_ridge({"weights": self.weights, "intercept": self.intercept}, windows)
 
     def save(self, path) -> None:
-        np.savez(path, weights=self.weights, intercept=np.float64(self.intercept))
+        np.savez(path, weights=self.weights, intercept=np.asarray(self.intercept, np.float64))
 
     @classmethod
     def load(cls, path) -> "KmerRidge":
         with np.load(path) as saved:
-            return cls(np.asarray(saved["weights"], np.float64), float(saved["intercept"]))
+            return cls(np.asarray(saved["weights"], np.float64), _intercept(saved["intercept"]))
+
+
+def _intercept(value) -> float | np.ndarray:
+    value = np.asarray(value, np.float64)
+    return float(value) if value.ndim == 0 else value
+
+
+def _fit_tasks(windows: np.ndarray, targets: np.ndarray, seed: int) -> dict:
+    """One ridge per task, stacked: `fit_kmer_ridge`'s result for one task, weights `(features, tasks)` for several."""
+    if targets.ndim == 1:
+        fit = fit_kmer_ridge(windows, targets, seed=seed)
+        return fit | {"cv_pearson": {f"{p:g}": v for p, v in fit["cv_pearson"].items()}}
+    fits = [fit_kmer_ridge(windows, targets[:, task], seed=seed) for task in range(targets.shape[1])]
+    return {
+        "weights": np.stack([f["weights"] for f in fits], axis=1),
+        "intercept": np.array([f["intercept"] for f in fits]),
+        "penalty": [f["penalty"] for f in fits],
+        "cv_pearson": [{f"{p:g}": v for p, v in f["cv_pearson"].items()} for f in fits],
+    }
 
 
 def kmer_reference(data_dir, max_fit_rows: int = MAX_FIT_ROWS, seed: int = 0) -> dict:
@@ -238,6 +264,8 @@ def kmer_reference(data_dir, max_fit_rows: int = MAX_FIT_ROWS, seed: int = 0) ->
         "seed": seed,
         "folds": FOLDS,
         "penalties": list(PENALTIES),
+        "layout": data.facts.layout.to_dict(),
+        "tasks": list(data.facts.tasks),
     }
     cache = Path(data_dir) / CACHE_FILE
     if cache.exists():
@@ -248,24 +276,25 @@ def kmer_reference(data_dir, max_fit_rows: int = MAX_FIT_ROWS, seed: int = 0) ->
     train_rows = np.asarray(data.train_index)
     if len(train_rows) > max_fit_rows:
         train_rows = np.sort(np.random.default_rng(seed).choice(train_rows, max_fit_rows, replace=False))
-    fit = fit_kmer_ridge(window(data.codes, train_rows, 0), data.targets[train_rows], seed=seed)
+    layout = data.facts.layout
+    fit = _fit_tasks(window(data.codes, train_rows, 0, layout), np.asarray(data.targets[train_rows]), seed)
     observed = np.asarray(data.targets[data.eval_index], np.float64)
-    predicted = predict_kmer_ridge(fit, window(data.codes, data.eval_index, 0))
+    predicted = predict_kmer_ridge(fit, window(data.codes, data.eval_index, 0, layout))
     result = {
         "key": key,
         "pearson": pearson(observed, predicted),
-        "predicted": [round(float(v), 6) for v in predicted],
+        "predicted": np.round(predicted, 6).tolist(),
         # Predictions only: the test targets stay unread until the study's scoring pass.
-        "test_predicted": [round(float(v), 6) for v in predict_kmer_ridge(fit, window(data.codes, data.test_index, 0))],
-        "weights": [float(v) for v in fit["weights"]],
-        "intercept": fit["intercept"],
+        "test_predicted": np.round(predict_kmer_ridge(fit, window(data.codes, data.test_index, 0, layout)), 6).tolist(),
+        "weights": np.asarray(fit["weights"]).tolist(),
+        "intercept": np.asarray(fit["intercept"]).tolist(),
         "penalty": fit["penalty"],
-        "cv_pearson": {f"{p:g}": v for p, v in fit["cv_pearson"].items()},
+        "cv_pearson": fit["cv_pearson"],
         "n_fit": int(len(train_rows)),
         "n_train": int(len(data.train_index)),
         "n_eval": int(len(data.eval_index)),
         "kmer_sizes": list(KMER_SIZES),
-        "window_length": WINDOW_LENGTH,
+        "window_length": layout.window_length,
         "seconds": round(time.perf_counter() - started, 2),
     }
     scratch = cache.with_name(f".{CACHE_FILE}.{uuid.uuid4().hex[:12]}.tmp")

@@ -162,7 +162,7 @@ def core(config: LegNetConfig, input_shape: tuple) -> keras.Model:
 
 
 def head(outputs: int, activation: str, input_shape: tuple) -> keras.Model:
-    """1x1 conv to `outputs` -> mean over positions -> softmax (bins) or softplus (Poisson), all float32
+    """1x1 conv to `outputs` -> mean over positions -> the loss's activation, all float32
     so mixed precision never rounds the prediction."""
     inputs = keras.Input(input_shape)
     x = keras.layers.Conv1D(outputs, 1, kernel_initializer=_conv_initializer(), dtype="float32")(inputs)
@@ -171,12 +171,13 @@ def head(outputs: int, activation: str, input_shape: tuple) -> keras.Model:
     return keras.Model(inputs, x, name="head")
 
 
-def build_network(config: LegNetConfig, inputs: InputConfig) -> keras.Model:
-    """(batch, inputs.length, inputs.channels) float32 -> (batch, num_bins) bin probabilities
-    with the bins head, (batch, 1) expression with the Poisson head."""
-    sequence = keras.Input((inputs.length, inputs.channels), dtype="float32", name="sequence")
+def build_network(config: LegNetConfig, inputs: InputConfig, facts=None) -> keras.Model:
+    """(batch, length, inputs.channels) float32 -> (batch, num_bins) bin probabilities
+    with the bins head, (batch, tasks) values with the one-value head (`facts` as for the mini-Enformer)."""
+    from model.mini_enformer import head_outputs
+
+    sequence = keras.Input((inputs.length(facts), inputs.channels), dtype="float32", name="sequence")
     x = stem(config, tuple(sequence.shape[1:]))(sequence)
     x = core(config, tuple(x.shape[1:]))(x)
-    bins = inputs.output_head == "bins"
-    x = head(inputs.num_bins if bins else 1, "softmax" if bins else "softplus", tuple(x.shape[1:]))(x)
+    x = head(*head_outputs(inputs, facts), tuple(x.shape[1:]))(x)
     return keras.Model(sequence, x, name=CORE_NAME)

@@ -2,6 +2,9 @@
 
 Correlations of a constant vector are undefined, so pearson and spearman
 return nan for them rather than a misleading 0.0; NaN inputs propagate.
+Targets and predictions of several tasks are (n, tasks): a correlation, its
+bootstrap and a paired difference are then the mean over tasks, the one number a
+study ranks on (`task_pearsons` gives each task's).
 """
 
 from __future__ import annotations
@@ -20,7 +23,32 @@ def _as_pair(y, p) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
+def _tasks(y, p) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Each task's (targets, predictions) when both are (n, tasks) with several tasks; None for one task."""
+    y, p = np.asarray(y), np.asarray(p)
+    if y.ndim == 2 and y.shape[1] > 1:
+        if p.shape != y.shape:
+            raise ValueError(f"targets and predictions must have the same shape; got {y.shape} and {p.shape}.")
+        return [(y[:, t], p[:, t]) for t in range(y.shape[1])]
+    return None
+
+
+def task_pearsons(y, p) -> list[float]:
+    """Pearson of each task (one value for one task)."""
+    return [pearson(a, b) for a, b in (_tasks(y, p) or [(y, p)])]
+
+
+def _as_table(y, p) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (n,) vectors for one task, (n, tasks) arrays for several."""
+    if _tasks(y, p) is not None:
+        return np.asarray(y, np.float64), np.asarray(p, np.float64)
+    return _as_pair(y, p)
+
+
 def pearson(y, p) -> float:
+    """Pearson correlation; the mean over tasks for (n, tasks) inputs."""
+    if (tasks := _tasks(y, p)) is not None:
+        return float(np.mean([pearson(a, b) for a, b in tasks]))
     y, p = _as_pair(y, p)
     y, p = y - y.mean(), p - p.mean()
     denominator = np.sqrt((y * y).sum() * (p * p).sum())
@@ -44,6 +72,8 @@ def average_ranks(x) -> np.ndarray:
 
 
 def spearman(y, p) -> float:
+    if (tasks := _tasks(y, p)) is not None:
+        return float(np.mean([spearman(a, b) for a, b in tasks]))
     y, p = _as_pair(y, p)
     return pearson(average_ranks(y), average_ranks(p))
 
@@ -68,8 +98,14 @@ def _bootstrap_pearsons(y: np.ndarray, predictions: list[np.ndarray], resamples:
     """Pearson of y with each prediction on the same `resamples` resamples: (len(predictions), resamples).
 
     Every predictor sees the same resampled rows, which is what makes a paired
-    difference paired. Vectorised: one (chunk, n) index matrix per chunk.
+    difference paired. Vectorised: one (chunk, n) index matrix per chunk. With several
+    tasks, each resample's figure is the mean over tasks (the same rows for every task).
     """
+    if y.ndim == 2 and y.shape[1] > 1:
+        return np.mean(
+            [_bootstrap_pearsons(y[:, t], [p[:, t] for p in predictions], resamples, seed) for t in range(y.shape[1])],
+            axis=0,
+        )
     if not isinstance(resamples, int) or isinstance(resamples, bool) or resamples < 2:
         raise ValueError(f"resamples must be an integer >= 2; got {resamples!r}.")
     n = y.size
@@ -107,7 +143,7 @@ def pearson_interval(y, p, resamples: int = 1_000, seed: int = 0, level: float =
     The seed is fixed so a trial's interval is reproducible and every trial of a
     study is resampled on the same rows.
     """
-    y, p = _as_pair(y, p)
+    y, p = _as_table(y, p)
     return _interval(pearson(y, p), _bootstrap_pearsons(y, [p], resamples, seed)[0], level)
 
 
@@ -121,7 +157,7 @@ def paired_pearson_difference(
     when the predictors' errors are correlated. An interval above 0 means p is
     better than the reference on this evaluation split.
     """
-    y, p = _as_pair(y, p)
-    _, reference = _as_pair(y, reference)
+    y, p = _as_table(y, p)
+    _, reference = _as_table(y, reference)
     draws = _bootstrap_pearsons(y, [p, reference], resamples, seed)
     return _interval(pearson(y, p) - pearson(y, reference), draws[0] - draws[1], level)

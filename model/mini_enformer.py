@@ -15,7 +15,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from model.config import InputConfig, ModelConfig
+from model.config import InputConfig, ModelConfig, resolved_loss
 from model.layers import RelativeMultiHeadAttention
 
 CORE_NAME = "mini_enformer"
@@ -153,12 +153,25 @@ def head(outputs: int, activation: str, input_shape: tuple) -> keras.Model:
 PARTS = (stem, conv_tower, transformer, final_pointwise)
 
 
-def build_network(config: ModelConfig, inputs: InputConfig) -> keras.Model:
-    """(batch, inputs.length, inputs.channels) float32 -> (batch, 1) expression, or bin probabilities."""
-    sequence = keras.Input((inputs.length, inputs.channels), dtype="float32", name="one_hot")
+def build_network(config: ModelConfig, inputs: InputConfig, facts=None) -> keras.Model:
+    """(batch, length, inputs.channels) float32 -> (batch, tasks) values, or bin probabilities.
+
+    `facts` (data_prep's DataFacts; None is DREAM data) gives the window length and tasks.
+    """
+    sequence = keras.Input((inputs.length(facts), inputs.channels), dtype="float32", name="one_hot")
     x = sequence
     for part in PARTS:
         x = part(config, tuple(x.shape[1:]))(x)
-    bins = inputs.output_head == "bins"
-    x = head(inputs.num_bins if bins else 1, "softmax" if bins else "softplus", tuple(x.shape[1:]))(x)
+    x = head(*head_outputs(inputs, facts), tuple(x.shape[1:]))(x)
     return keras.Model(sequence, x, name=CORE_NAME)
+
+
+# The last activation of each loss: bins are probabilities, Poisson rates positive, MSE values signed.
+ACTIVATIONS = {"bins": "softmax", "poisson": "softplus", "mse": "linear"}
+
+
+def head_outputs(inputs: InputConfig, facts=None) -> tuple[int, str]:
+    """The head's width and last activation for these ingredients on this data (every family's)."""
+    loss = resolved_loss(inputs, facts)
+    width = inputs.num_bins if loss == "bins" else (1 if facts is None else len(facts.tasks))
+    return width, ACTIVATIONS[loss]

@@ -30,8 +30,16 @@ def poisson_loss(y_true, y_pred):
     return ops.mean(y_pred - y_true * ops.log(y_pred + POISSON_EPSILON))
 
 
-# Each output head's loss (InputConfig.output_head).
-LOSSES = {"poisson": poisson_loss, "bins": soft_bin_kl_loss}
+@keras.saving.register_keras_serializable(package="dream_hpo")
+def mse_loss(y_true, y_pred):
+    """Mean squared error over every task of every example, in float32 (both flattened, as for Poisson)."""
+    y_true = ops.reshape(ops.cast(y_true, "float32"), (-1,))
+    y_pred = ops.reshape(ops.cast(y_pred, "float32"), (-1,))
+    return ops.mean(ops.square(y_pred - y_true))
+
+
+# Each resolved loss (model.config.resolved_loss).
+LOSSES = {"poisson": poisson_loss, "mse": mse_loss, "bins": soft_bin_kl_loss}
 
 # One-cycle's start and end rates as fractions of the peak: PyTorch's OneCycleLR
 # defaults (div_factor 25, final_div_factor 1e4), which the challenge's winners kept.
@@ -120,15 +128,15 @@ def make_optimizer(train: TrainConfig, steps_per_epoch: int | None = None) -> ke
 
 
 def compile_for_training(
-    model: keras.Model, train: TrainConfig, steps_per_epoch: int | None = None, output_head: str = "poisson"
+    model: keras.Model, train: TrainConfig, steps_per_epoch: int | None = None, loss: str = "poisson"
 ) -> keras.Model:
-    """Compile with the output head's loss; training, evaluation and predict steps all get XLA or none.
+    """Compile with the loss; training, evaluation and predict steps all get XLA or none.
 
     `steps_per_epoch` (optimizer steps in one epoch) is needed by every schedule but
-    "constant". `output_head` is `InputConfig.output_head`.
+    "constant". `loss` is `model.config.resolved_loss`'s.
     """
     jit_compile = resolve_jit_compile(train.jit_compile)
-    model.compile(optimizer=make_optimizer(train, steps_per_epoch), loss=LOSSES[output_head], jit_compile=jit_compile)
+    model.compile(optimizer=make_optimizer(train, steps_per_epoch), loss=LOSSES[loss], jit_compile=jit_compile)
     return model
 
 

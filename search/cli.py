@@ -48,7 +48,19 @@ def _progress_bar(label: str):
 
 def cmd_prepare(args) -> int:
     from data_prep import prepare
+    from data_prep.prepare import TableOptions
 
+    table = TableOptions(
+        sequence_column=args.sequence_column,
+        target_columns=tuple(args.target_column),
+        split_column=args.split_column,
+        validation_values=tuple(args.validation_values),
+        test_values=tuple(args.test_values),
+        length=args.length,
+        trim=args.trim,
+        pad=args.pad,
+        window=args.window,
+    )
     manifest = prepare(
         args.train,
         args.out,
@@ -57,15 +69,36 @@ def cmd_prepare(args) -> int:
         split_seed=args.split_seed,
         overwrite=args.overwrite,
         progress=_progress_bar(f"prepare {args.train.name}"),
+        format=args.format,
+        table=table,
     )
+    rule = f" (by {manifest['eval_size_rule']})" if args.split_column else _default_splits(args.eval_size, args.test_size)
     print(
         f"prepared {manifest['count']:,} sequences into {args.out}: {manifest['train_size']:,} for training, "
-        f"{manifest['eval_size']:,} for validation and {manifest['test_size']:,} for test"
-        + _default_splits(args.eval_size, args.test_size)
+        f"{manifest['eval_size']:,} for validation and {manifest['test_size']:,} for test" + rule
     )
+    if manifest["source_format"] == "table":
+        print(_table_summary(manifest))
     if not manifest["test_size"]:
         print("no test split (--test-size 0): a study's figures on this data are validation figures")
     return 0
+
+
+def _table_summary(manifest: dict) -> str:
+    """What prepare made of a table: its columns, the stored width, and what it padded and cut."""
+    layout = manifest["layout"]
+    tasks = ", ".join(manifest["tasks"])
+    lines = [
+        f"sequences from column {manifest['sequence_column']!r}; "
+        f"{'tasks' if len(manifest['tasks']) > 1 else 'task'}: {tasks}",
+        f"stored {layout['width']} bases wide: {manifest['padded']:,} padded with N on the {layout['pad']}, "
+        f"{manifest['truncated']:,} cut" + (f" on the {layout['trim']}" if manifest["truncated"] else "")
+        + f"; models read columns {layout['window_start']}..{layout['window_start'] + layout['window_length']}"
+        + f", shifted by {'/'.join(f'{s:+d}' for s in layout['shifts'])} in training",
+    ]
+    if manifest["ignored_columns"]:
+        lines.append(f"ignored columns: {', '.join(manifest['ignored_columns'])}")
+    return "\n".join(lines)
 
 
 def _default_splits(eval_size: int | None, test_size: int | None) -> str:
@@ -80,10 +113,18 @@ def _default_splits(eval_size: int | None, test_size: int | None) -> str:
 
 
 def cmd_synth(args) -> int:
-    from data_prep.synth import write_synthetic
+    if args.kind == "dream":
+        from data_prep.synth import write_synthetic
 
-    write_synthetic(args.out, args.n, seed=args.seed)
-    print(f"wrote {args.n:,} synthetic DREAM-format lines to {args.out}")
+        write_synthetic(args.out, args.n, seed=args.seed)
+        print(f"wrote {args.n:,} synthetic DREAM-format lines to {args.out}")
+        return 0
+    from data_prep.synth_tables import SHAPES, write_library
+
+    shape = SHAPES[args.kind]
+    write_library(args.out, shape, args.n, seed=args.seed)
+    tasks = ", ".join(task.name for task in shape.tasks)
+    print(f"wrote a {args.kind} table of {args.n:,} sequences to {args.out} (targets: {tasks}; split column: {shape.split_column})")
     return 0
 
 
@@ -163,7 +204,13 @@ def baseline_config(args, data_dir: Path):
 
 
 def search_config(args, data_dir: Path, space: dict):
-    """The search command's study: the space, the trials and their scheduling, --set fields fixed for all."""
+    """The search command's study: the space, the trials and their scheduling, --set fields fixed for all.
+
+    Values of the space that cannot be built on this data are dropped, each listed once.
+    """
+    from data_prep.prepare import read_facts
+    from search.space import restrict_to_data
+
     defaults = QUICK_SEARCH if args.quick else EMBEDDED
     if "batch_size" in space and args.batch_size is not None:
         raise ValueError(
@@ -174,6 +221,12 @@ def search_config(args, data_dir: Path, space: dict):
     if "batch_size" not in space and (args.quick or args.batch_size is not None):
         fixed["batch_size"] = given(args.batch_size, defaults["batch_size"])
     fixed.update(dict(args.set))
+    facts = read_facts(data_dir)
+    if facts is not None:
+        space, dropped = restrict_to_data(space, fixed, facts)
+        for line in dropped:
+            print(f"search space: dropped {line}")
+    dream = facts is None or facts.format == "dream"
     return study_config(
         args,
         "search",
@@ -189,7 +242,8 @@ def search_config(args, data_dir: Path, space: dict):
         ensemble_size=args.ensemble_size,
         confirm_seeds=args.confirm_seeds,
         # The --quick demo stays a few minutes: a LegNet epoch costs about five of the baseline's on CPUs.
-        legnet_reference=not (args.no_legnet_reference or args.quick),
+        # The published recipe reads the DREAM plasmid and whole-number measurements: DREAM data only.
+        legnet_reference=not (args.no_legnet_reference or args.quick) and dream,
     )
 
 
@@ -314,6 +368,17 @@ def load_trial_config(path: Path) -> dict:
     return config
 
 
+def window_columns(text: str) -> tuple[int, int]:
+    """`--window START:END` as two integers."""
+    start, colon, end = text.partition(":")
+    try:
+        if not colon:
+            raise ValueError
+        return int(start), int(end)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not START:END (two whole numbers, e.g. 0:200)") from None
+
+
 def config_setting(text: str) -> tuple[str, object]:
     """`--set KEY=VALUE`: a config field (model_family, a family's, an ingredient's, training's), the value read as
     YAML (1e-3, false, adam)."""
@@ -416,11 +481,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser(
         "prepare",
-        help="validate a DREAM training file and write compact training arrays",
-        description="Parse SEQUENCE<TAB>EXPRESSION lines (.txt or .gz) into uint8 codes, float32 "
-        "targets and a fixed evaluation split, with a JSON manifest.",
+        help="validate a DREAM training file or a sequence table and write compact training arrays",
+        description="Parse a DREAM file (SEQUENCE<TAB>EXPRESSION lines, no header) or a table with a header "
+        "(tab- or comma-separated; plain or gzipped) into uint8 codes, float32 targets and fixed validation "
+        "and test splits, with a JSON manifest. The format is detected from the first line.",
     )
-    prepare.add_argument("train", type=Path, help="DREAM training file (.txt or .txt.gz)")
+    prepare.add_argument("train", type=Path, help="DREAM training file or a table with a header (.gz allowed)")
+    prepare.add_argument("--format", choices=["dream", "table"], help="the input's format (default: detected)")
+    table = prepare.add_argument_group("tables", "Reading a table with a header line (not the DREAM format).")
+    table.add_argument(
+        "--sequence-column", metavar="NAME", help="the DNA column (default: the one column of A/C/G/T/N strings)"
+    )
+    table.add_argument(
+        "--target-column",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="a measured column to predict; repeat it for several tasks, in this order "
+        "(default: the one other numeric column)",
+    )
+    table.add_argument(
+        "--split-column",
+        metavar="NAME",
+        help="the table's own split: train/val(idation)/test, or folds mapped by --validation-values and --test-values",
+    )
+    table.add_argument(
+        "--validation-values", metavar="VALUE", nargs="+", default=[], help="split-column values held out for validation"
+    )
+    table.add_argument("--test-values", metavar="VALUE", nargs="+", default=[], help="split-column values held out for test")
+    table.add_argument(
+        "--length", type=int, metavar="N", help="stored width in bases (default: the longest sequence; nothing is cut)"
+    )
+    table.add_argument(
+        "--trim",
+        choices=["left", "right", "both"],
+        help="with --length: cut longer sequences on this side (without it they are refused)",
+    )
+    table.add_argument(
+        "--pad", choices=["left", "right", "both"], default="right", help="pad shorter sequences with N on this side (default: %(default)s)"
+    )
+    table.add_argument(
+        "--window",
+        type=window_columns,
+        metavar="START:END",
+        help="the columns models read, 0-based, END excluded (default: the whole width)",
+    )
     prepare.add_argument(
         "--out", type=Path, required=True, help="output directory: new, empty, or a prepared one with --overwrite"
     )
@@ -446,12 +551,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = commands.add_parser(
         "synth",
-        help="write a synthetic DREAM-format file from a planted regulatory grammar",
-        description="Random 80 bp promoters between the real constant flanks, with expression from "
-        "documented yeast motif effects plus noise (see data_prep/synth.py).",
+        help="write a synthetic DREAM-format file or library table from a planted regulatory grammar",
+        description="--kind dream: random 80 bp promoters between the real constant flanks, with expression "
+        "from documented yeast motif effects plus noise (data_prep/synth.py). --kind lentimpra: a TSV of "
+        "230 bp enhancers with adapters, a signed activity and a fold column; --kind starr: a CSV of 249 bp "
+        "enhancers with two signed activities and a Train/Val/Test column (data_prep/synth_tables.py).",
+    )
+    synth.add_argument(
+        "--kind", choices=("dream", "lentimpra", "starr"), default="dream", help="what to write (default: %(default)s)"
     )
     synth.add_argument("--n", type=int, required=True, help="number of sequences")
-    synth.add_argument("--out", type=Path, required=True, help="output file (.txt)")
+    synth.add_argument("--out", type=Path, required=True, help="output file (a table ending in .gz is gzipped)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     synth.set_defaults(handler=cmd_synth)
 

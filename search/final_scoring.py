@@ -44,7 +44,7 @@ def score_on_test(
     members = list(study.ensemble.members) if study.ensemble is not None else []
     extra = [t for trials in seed_trials.values() for t in trials if t.rankable]
     checkpoints = {t.trial_id: t.checkpoint for t in scored + members + extra}
-    predicted = predict_checkpoints(checkpoints, codes, resources or {"num_cpus": 1})
+    predicted = predict_checkpoints(checkpoints, codes, resources or {"num_cpus": 1}, data.facts.layout)
     observed = data.read_test_targets().astype(np.float64)
     kmer_predicted = np.asarray(kmer["test_predicted"], np.float64)
     baseline = predicted.get(study.baseline.trial_id) if study.baseline is not None else None
@@ -94,18 +94,18 @@ def seed_spreads(study: StudyResult, seed_trials: dict, split: str, figure) -> t
     )
 
 
-def predict_checkpoints(checkpoints: dict, codes: np.ndarray, resources: dict) -> dict[str, np.ndarray]:
-    """{trial id: its best-epoch model's predictions on `codes`}, in one Ray task on a worker, so the
-    driver never imports TensorFlow."""
+def predict_checkpoints(checkpoints: dict, codes: np.ndarray, resources: dict, layout) -> dict[str, np.ndarray]:
+    """{trial id: its best-epoch model's predictions on `codes` (stored in `layout`)}, in one Ray task on a
+    worker, so the driver never imports TensorFlow."""
     import ray
 
     if not checkpoints:
         return {}
     task = ray.remote(_predict_checkpoints).options(**resources)
-    return ray.get(task.remote(checkpoints, codes))
+    return ray.get(task.remote(checkpoints, codes, layout))
 
 
-def _predict_checkpoints(checkpoints: dict, codes: np.ndarray) -> dict[str, np.ndarray]:
+def _predict_checkpoints(checkpoints: dict, codes: np.ndarray, layout) -> dict[str, np.ndarray]:
     """Each checkpoint's best-epoch model on `codes`, as the trial predicted its validation split."""
     from model.inference import predict_codes
     from model.saving import load_model
@@ -115,5 +115,5 @@ def _predict_checkpoints(checkpoints: dict, codes: np.ndarray) -> dict[str, np.n
     for trial_id, checkpoint in checkpoints.items():
         with checkpoint.as_directory() as directory:
             model = load_model(Path(directory) / BEST_MODEL_FILE)
-        predicted[trial_id] = np.asarray(predict_codes(model, codes), np.float64)
+        predicted[trial_id] = np.asarray(predict_codes(model, codes, layout=layout), np.float64)
     return predicted

@@ -143,9 +143,18 @@ def predict_file(
     tracking_uri: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None,
+    notice: Callable[[str], None] = print,
 ) -> int:
-    """Write the submission for every line of `sequences` to `out`; returns the number of predictions."""
-    from data_prep.submission import check_output_path, read_test_sequences, write_submission
+    """Write the predictions for every sequence of `sequences` to `out`; returns their number.
+
+    A DREAM model writes the challenge's submission formats. A table's model reads the
+    sequences by its training layout (`notice` says how many it padded or cut) and
+    writes a column per task under a header (TSV) or an object per sequence (JSON).
+    `sequences` is a DREAM-style file (a sequence per line, perhaps a value after a tab)
+    or a table with a header and one column of sequences.
+    """
+    from data_prep.encoding import DREAM_LAYOUT
+    from data_prep.submission import check_output_path, write_submission, write_task_predictions
 
     format = output_format(out, format)
     check_output_path(out)
@@ -156,10 +165,49 @@ def predict_file(
     check_batch_size(batch_size)
     model = resolve_model(model)
     check_store(model, tracking_uri)
-    test = read_test_sequences(sequences, progress=_stage(progress, f"read {Path(sequences).name}"))
-    predictions = _predict(model, test.codes, tracking_uri, batch_size, progress)
-    write_submission(out, test.sequences, predictions, format)
+    test = read_sequence_file(sequences, _stage(progress, f"read {Path(sequences).name}"))
+    blend = load_blend(model, tracking_uri)
+    codes = test.codes
+    if blend.layout != DREAM_LAYOUT:
+        codes, fitted = blend.encode(test.sequences)
+        layout = blend.layout
+        notice(
+            f"read as the model's training data was stored, {layout.width} bases wide: "
+            f"{fitted.padded:,} sequences padded with N on the {layout.pad}, {fitted.trimmed:,} cut"
+            + (f" on the {layout.trim}" if fitted.trimmed else "")
+        )
+    predictions = blend.predict(codes, batch_size, _stage(progress, "predict"))
+    if blend.layout.preset == "dream" and len(blend.tasks) == 1:
+        write_submission(out, test.sequences, predictions, format)
+    else:
+        write_task_predictions(out, test.sequences, predictions, blend.tasks, format)
     return len(predictions)
+
+
+def read_sequence_file(path, progress=None):
+    """The sequences of a DREAM-style file (read strictly, 110-wide codes) or of a table with a header."""
+    from data_prep.encoding import encode_sequences
+    from data_prep.submission import SequenceFile, read_test_sequences
+    from data_prep.table_format import detect_format, read_table
+
+    if _first_field_is_sequence(path) or detect_format(path) == "dream":
+        return read_test_sequences(path, progress=progress)
+    table = read_table(path, require_targets=False)
+    sequences = list(table.sequences)
+    return SequenceFile(sequences, encode_sequences(sequences), None)
+
+
+def _first_field_is_sequence(path) -> bool:
+    """Whether the file's first line starts with a DNA sequence (no header): a DREAM-style sequence list."""
+    import gzip
+
+    if not Path(path).is_file():
+        return True  # the strict reader names the problem
+    with Path(path).open("rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
+        stream.seek(0)
+        first = stream.readline(1 << 20).split(b"\t")[0].strip()
+    return bool(first) and not first.upper().strip(b"ACGTN")
 
 
 def evaluate_file(

@@ -21,8 +21,27 @@ def header(config, gpus: float, tracking_uri: str, manifest: dict) -> str:
         f"study '{config.name}': {kind} ({config.max_epochs} epochs at most{schedule}{concurrency})\n"
         f"  data:      {Path(config.data_dir).resolve()}\n"
         f"  splits:    {splits_line(manifest)}\n"
+        + (f"  tasks:     {tasks_line(config, manifest)}\n" if manifest.get("source_format") == "table" else "")
+        + 
         f"  resources: {gpus:g} GPU and {config.cpus_per_trial:g} CPU per trial, Keras on {config.backend}\n"
         f"  results:   MLflow {tracking_uri} (experiment '{config.experiment}'), checkpoints {experiment_path(config)}"
+    )
+
+
+def tasks_line(config, manifest: dict) -> str:
+    """A table's tasks, what ranks trials on them, and the baseline's resolved loss."""
+    from data_prep.prepare import DataFacts
+    from model import split_config
+    from model.config import resolved_loss
+    from search.settings import single_trial_config
+
+    facts = DataFacts.of(manifest)
+    loss = resolved_loss(split_config(single_trial_config(config)).inputs, facts)
+    ranked = "the mean eval Pearson over tasks" if len(facts.tasks) > 1 else "eval Pearson"
+    return (
+        f"{', '.join(facts.tasks)} (trials ranked by {ranked}); the baseline trains with the {loss} loss "
+        f"(loss=auto: Poisson only for DREAM-format counts); models read {facts.layout.window_length} of "
+        f"{facts.layout.width} stored bases"
     )
 
 

@@ -3,9 +3,10 @@
 A trial's best Keras model is logged wrapped in `SequenceModel`, so the model
 the search registers loads with `mlflow.pyfunc.load_model` and `mlflow models
 serve` answers `{"dataframe_split": {"columns": ["sequence"], "data": [...]}}`
-with one prediction per sequence. The wrapper applies the training-time
-encoding (110-wide codes, N and padding as zero rows, the unshifted 85 bp
-window), so callers never one-hot anything.
+with one prediction per sequence: a number for DREAM data, one column per task
+for a table's model. The wrapper applies the training data's layout (the
+`data_layout` artifact: width, padding, cutting and window; the DREAM layout for
+models logged before it existed), so callers never one-hot anything.
 
 The model is logged from code (`search/served_model.py`, MLflow's models-from-code),
 so no pickled Python object is stored; the .keras file travels as its artifact and
@@ -32,6 +33,7 @@ import pandas as pd
 KERAS_ARTIFACT = "keras_model"
 BLEND_ARTIFACT = "blend_weights"
 KMER_ARTIFACT = "kmer_ridge"
+DATA_ARTIFACT = "data_layout"
 LOGGED_MODEL_NAME = "model"
 SEQUENCE_COLUMN = "sequence"
 # Two sequences in the challenge layout (constant flanks around a random middle), one shorter with an N.
@@ -57,6 +59,15 @@ class BlendSpec:
     kmer_weight: float = 0.0
 
 
+@dataclass(frozen=True)
+class ServedData:
+    """What a logged model needs of its training data: the layout and tasks (data_prep's DataFacts), and
+    a few of its sequences as the input example (DREAM's own example when empty)."""
+
+    facts: object
+    examples: tuple[str, ...] = ()
+
+
 class SequenceModel(mlflow.pyfunc.PythonModel):
     """DataFrame with a `sequence` column in, float32 predictions `(n,)` out, in input order.
 
@@ -66,6 +77,7 @@ class SequenceModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context):
+        from data_prep.encoding import SequenceLayout
         from model import load_model
         from model.inference import Blend
         from model.kmer_reference import KmerRidge
@@ -73,15 +85,21 @@ class SequenceModel(mlflow.pyfunc.PythonModel):
         artifacts = context.artifacts
         members = sorted((name for name in artifacts if name.startswith(KERAS_ARTIFACT)), key=member_number)
         weights = json.loads(Path(artifacts[BLEND_ARTIFACT]).read_text()) if BLEND_ARTIFACT in artifacts else {}
+        data = json.loads(Path(artifacts[DATA_ARTIFACT]).read_text()) if DATA_ARTIFACT in artifacts else {}
         self.blend = Blend(
             models=tuple(load_model(artifacts[name]) for name in members),
             weights=tuple(weights.get(name, 1.0) for name in members),
             kmer=KmerRidge.load(artifacts[KMER_ARTIFACT]) if KMER_ARTIFACT in artifacts else None,
             kmer_weight=weights.get(KMER_ARTIFACT, 0.0),
+            **({"layout": SequenceLayout.from_dict(data["layout"]), "tasks": tuple(data["tasks"])} if data else {}),
         )
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        return self.blend.predict(sequence_codes(model_input))
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        """Predictions `(n,)` for one task; a DataFrame with a column per task for several."""
+        predictions = self.blend.predict(sequence_codes(model_input, self.blend))
+        if len(self.blend.tasks) == 1:
+            return predictions
+        return pd.DataFrame(predictions, columns=list(self.blend.tasks))
 
 
 def member_number(artifact: str) -> int:
@@ -90,15 +108,16 @@ def member_number(artifact: str) -> int:
     return int(suffix) if suffix else 1
 
 
-def sequence_codes(model_input) -> np.ndarray:
-    """The `sequence` column encoded, every row a non-empty string of A, C, G, T, N checked to its end, as `predict` does.
+def sequence_codes(model_input, blend=None) -> np.ndarray:
+    """The `sequence` column encoded by `blend`'s layout (DREAM's without one), every row a non-empty string of
+    A, C, G, T, N checked to its end, as `predict` does.
 
     Errors are MLflow's INVALID_PARAMETER_VALUE, so the scoring server answers HTTP 400
     with this message (the row, the position, the character) and no stack trace.
     """
     from mlflow.exceptions import MlflowException
 
-    from data_prep.encoding import encode_sequences
+    from data_prep.encoding import DREAM_LAYOUT, fit_sequences
 
     if not isinstance(model_input, pd.DataFrame) or SEQUENCE_COLUMN not in model_input.columns:
         found = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
@@ -113,19 +132,21 @@ def sequence_codes(model_input) -> np.ndarray:
                 "every row needs a non-empty string of A, C, G, T, N"
             )
     try:
-        return encode_sequences(sequences)
+        return fit_sequences(sequences, blend.layout if blend is not None else DREAM_LAYOUT)[0]
     except ValueError as error:
         raise MlflowException.invalid_parameter_value(str(error)) from None
 
 
-def signature():
+def signature(tasks: tuple[str, ...] = ("expression",)):
+    """A `sequence` column in; one float per sequence out, or a column per task for several."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", SEQUENCE_COLUMN)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]),
-    )
+    if len(tasks) == 1:
+        outputs = Schema([TensorSpec(np.dtype(np.float32), (-1,))])
+    else:
+        outputs = Schema([ColSpec("float", task) for task in tasks])
+    return ModelSignature(inputs=Schema([ColSpec("string", SEQUENCE_COLUMN)]), outputs=outputs)
 
 
 def save_model(path, mlflow_model=None, validate_serving_input=True, **kwargs):
@@ -144,11 +165,13 @@ def log_sequence_model(
     name: str = LOGGED_MODEL_NAME,
     model_id: str | None = None,
     blend: BlendSpec | None = None,
+    data: ServedData | None = None,
 ):
     """Log the .keras model(s) to the run as one sequence-serving pyfunc; returns MLflow's ModelInfo.
 
     Several paths make an ensemble that serves the mean of their predictions, or their
-    blend with `blend`'s weights and k-mer member. `model_id`
+    blend with `blend`'s weights and k-mer member. `data` (None is DREAM data) gives
+    the layout and tasks it serves with. `model_id`
     is a logged model already created for it (`search.tracking` creates it in the study's
     experiment); without one MLflow creates it in the active experiment.
 
@@ -167,6 +190,15 @@ def log_sequence_model(
                 weights[KMER_ARTIFACT] = blend.kmer_weight
             artifacts[BLEND_ARTIFACT] = str(Path(scratch) / f"{BLEND_ARTIFACT}.json")
             Path(artifacts[BLEND_ARTIFACT]).write_text(json.dumps(weights, indent=2))
+        tasks, example = ("expression",), INPUT_EXAMPLE
+        if data is not None:
+            facts = data.facts
+            tasks = facts.tasks
+            artifacts[DATA_ARTIFACT] = str(Path(scratch) / f"{DATA_ARTIFACT}.json")
+            layout = {"layout": facts.layout.to_dict(), "tasks": list(tasks), "format": facts.format}
+            Path(artifacts[DATA_ARTIFACT]).write_text(json.dumps(layout, indent=2))
+            if data.examples:
+                example = pd.DataFrame({SEQUENCE_COLUMN: list(data.examples)})
         return Model.log(
             artifact_path=None,
             name=name,
@@ -175,8 +207,8 @@ def log_sequence_model(
             model_id=model_id,
             python_model=str(MODEL_CODE),
             artifacts=artifacts,
-            signature=signature(),
-            input_example=INPUT_EXAMPLE,
+            signature=signature(tasks),
+            input_example=example,
             pip_requirements=[f"{package}=={metadata.version(package)}" for package in REQUIREMENTS],
             validate_serving_input=False,
         )

@@ -210,7 +210,9 @@ def validate_study(config: StudyConfig) -> dict:
     existing study (refused without --resume, compared with the flags on --resume).
     """
     from data_prep import check_prepared
+    from data_prep.prepare import DataFacts
     from model import split_config
+    from model.config import unbuildable
     from search.baseline import baseline_config
     from search.cluster import check_storage_location
     from search.space import baseline_point, check_space
@@ -230,9 +232,12 @@ def validate_study(config: StudyConfig) -> dict:
         )
     trial = single_trial_config(config)
     try:
-        split_config(trial)
+        problem = unbuildable(split_config(trial), DataFacts.of(manifest))
     except (ValueError, TypeError) as error:
         raise StudyError(f"--set/--config: the trial's config is invalid: {error}") from None
+    if problem:
+        what = "the baseline trial" if config.space else "the trial"
+        raise StudyError(f"--data {config.data_dir}: {what} cannot train on this data: {problem}")
     check_family_fields(config, trial)
     for reference in config.references:
         try:

@@ -327,3 +327,49 @@ class FamilySpace:
         for name in applicable(self.space, family):
             if name != "model_family":
                 self.space[name].suggest(trial)
+
+
+def restrict_to_data(space: dict[str, Parameter], fixed: dict, facts) -> tuple[dict[str, Parameter], list[str]]:
+    """The space without the values that cannot be built on this data (data_prep's DataFacts), and each dropped value.
+
+    Each value is tried with the baseline's other fields (a value of a family's field
+    with that family): the DREAM-only ingredients on a table, a mini-Enformer deeper
+    than a short window allows. Combinations are left to the trainable's own check.
+    """
+    import dataclasses
+
+    from model import split_config
+    from model.config import unbuildable
+
+    baseline = baseline_config(fixed)
+    kept, dropped = {}, []
+    for name, parameter in space.items():
+        if parameter.type == "float":
+            kept[name] = parameter
+            continue
+        values = parameter.values_to_check()
+        family = _family_of_field(space, name)
+        reasons = {}
+        for value in values:
+            point = {**baseline, **({"model_family": family} if family else {}), name: value}
+            try:
+                reasons[value] = unbuildable(split_config(point), facts)
+            except (ValueError, TypeError):
+                reasons[value] = None  # an invalid point: check_space names it
+
+        good = [value for value in values if reasons[value] is None]
+        if not good:
+            raise SpaceError(f"search space: no value of '{name}' can be built on this data: {reasons[values[0]]}")
+        dropped += [f"{name}={value!r}: {reasons[value]}" for value in values if reasons[value] is not None]
+        if parameter.type == "categorical":
+            kept[name] = dataclasses.replace(parameter, choices=tuple(good))
+        else:
+            kept[name] = dataclasses.replace(parameter, low=min(good), high=max(good))
+    return kept, dropped
+
+
+def _family_of_field(space: dict[str, Parameter], name: str) -> str | None:
+    """The family a searched field belongs to, when the space searches families and the field is one family's."""
+    from model.config import family_fields
+
+    return family_fields().get(name) if "model_family" in space else None

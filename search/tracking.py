@@ -33,6 +33,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from data_prep.prepare import DataFacts
 from search import plots, serving
 from search.results import EnsembleResult, Registration, StudyResult
 from search.runtime import error_summary, trial_config, trial_number
@@ -47,6 +48,8 @@ EPOCH_METRICS = (
     "samples_per_second",
     "epoch_seconds",
 )
+# Each task's eval Pearson, beside their mean, on data of several tasks (search.trainable.task_metric).
+TASK_METRIC_PREFIX = "eval_pearson/"
 # MLflow's UI shows metrics under this prefix in a run's "System metrics" tab.
 SYSTEM_PREFIX = "system/"
 TRIAL_ID_TAG = "ray_trial_id"
@@ -306,8 +309,22 @@ class StudyRuns:
             self.experiment_id, name=name, source_run_id=run_id, params=params, tags=context_registry.resolve_tags()
         )
         self.use_fluent_api()
-        serving.log_sequence_model(run_id, keras_paths, name=name, model_id=model.model_id, blend=blend)
+        serving.log_sequence_model(
+            run_id, keras_paths, name=name, model_id=model.model_id, blend=blend, data=self.served_data()
+        )
         return model.model_id
+
+    def served_data(self) -> serving.ServedData:
+        """The layout and tasks a logged model serves with, and two of this data's sequences as its input example."""
+        from data_prep import PreparedData
+        from data_prep.encoding import N_CODE, decode
+
+        facts = DataFacts.of(self.manifest)
+        if facts.format == "dream":
+            return serving.ServedData(facts)
+        data = PreparedData.load(self.data_dir)
+        rows = np.asarray(data.codes[data.eval_index[:2]])
+        return serving.ServedData(facts, tuple(decode(row[row != N_CODE]) for row in rows))
 
     def register(self, model_id: str, name: str, card: tuple[str, dict] | None = None) -> str:
         """Register a logged model under `name`, with a (description, tags) card; returns `models:/NAME/VERSION`."""
@@ -355,6 +372,7 @@ class StudyRuns:
         step = int(result["epoch"])
         timestamp = int(result.get("epoch_end_time", time.time()) * 1000)
         keys = [key for key in EPOCH_METRICS if key in result]
+        keys += sorted(key for key in result if key.startswith(TASK_METRIC_PREFIX))
         keys += sorted(key for key in result if key.startswith(SYSTEM_PREFIX))
         metrics = [Metric(key, float(result[key]), timestamp, step) for key in keys]
         self.client.log_batch(run_id, metrics=metrics)
@@ -388,16 +406,25 @@ class StudyRuns:
             client.log_artifact(run_id, scratch / "training_curve.png", "plots")
             if (checkpoint_dir / BEST_PREDICTIONS_FILE).exists():
                 predictions = np.load(checkpoint_dir / BEST_PREDICTIONS_FILE)
-                table = pd.DataFrame({k: predictions[k] for k in ("row", "observed", "predicted")})
-                table.to_csv(scratch / "eval_predictions.csv", index=False)
+                tasks = DataFacts.of(self.manifest).tasks
+                observed = predictions["observed"].reshape(len(predictions["row"]), -1)
+                predicted = predictions["predicted"].reshape(len(predictions["row"]), -1)
+                # One task keeps the columns it always had; several get a pair per task.
+                names = [""] if len(tasks) == 1 else [f"/{task}" for task in tasks]
+                columns = {"row": predictions["row"]}
+                for i, suffix in enumerate(names):
+                    columns |= {f"observed{suffix}": observed[:, i], f"predicted{suffix}": predicted[:, i]}
+                pd.DataFrame(columns).to_csv(scratch / "eval_predictions.csv", index=False)
                 client.log_artifact(run_id, scratch / "eval_predictions.csv", "predictions")
-                plots.observed_vs_predicted(
-                    table["observed"].to_numpy(),
-                    table["predicted"].to_numpy(),
-                    scratch / "observed_vs_predicted.png",
-                    title=f"best epoch {state['best_epoch']}",
-                )
-                client.log_artifact(run_id, scratch / "observed_vs_predicted.png", "plots")
+                for i, suffix in enumerate(names):
+                    file = f"observed_vs_predicted{suffix.replace('/', '_')}.png"
+                    plots.observed_vs_predicted(
+                        observed[:, i],
+                        predicted[:, i],
+                        scratch / file,
+                        title=f"{tasks[i] + ', ' if suffix else ''}best epoch {state['best_epoch']}",
+                    )
+                    client.log_artifact(run_id, scratch / file, "plots")
         if (checkpoint_dir / BEST_MODEL_FILE).exists():
             self.log_model(run_id, [checkpoint_dir / BEST_MODEL_FILE])
             client.set_tag(run_id, "model_logged", "true")

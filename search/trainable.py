@@ -45,25 +45,36 @@ def _seed_generator_variables(model):
     return [v for v in model.non_trainable_variables if "seed_generator" in v.path]
 
 
-def evaluate(core, data, batch_size: int) -> tuple[dict, np.ndarray]:
+def evaluate(core, data, batch_size: int, loss: str = "poisson") -> tuple[dict, np.ndarray]:
     """Whole-eval-split metrics (not per-batch means) and the predictions of the serving model.
 
     The serving model is what is saved and served: it reads the unshifted window and
     averages strands, as `dream-hpo predict` does. Metrics of constant or non-finite
-    predictions stay NaN; `prediction_problem` says why.
+    predictions stay NaN; `prediction_problem` says why. With several tasks,
+    `eval_pearson` is their mean and `eval_pearson/TASK` each one's; the Poisson
+    deviance is reported only for a model trained with it (signed values have none).
     """
     from model.inference import predict_codes
-    from model.metrics import mse, pearson, poisson, spearman
+    from model.metrics import mse, pearson, poisson, spearman, task_pearsons
 
+    facts = data.facts
     observed = np.asarray(data.targets[data.eval_index], dtype=np.float32)
-    predicted = predict_codes(core, np.asarray(data.codes[data.eval_index]), batch_size)
+    predicted = predict_codes(core, np.asarray(data.codes[data.eval_index]), batch_size, layout=facts.layout)
     metrics = {
         "eval_pearson": pearson(observed, predicted),
         "eval_spearman": spearman(observed, predicted),
         "eval_mse": mse(observed, predicted),
-        "eval_poisson": poisson(observed, predicted),
     }
+    if loss != "mse":
+        metrics["eval_poisson"] = poisson(observed, predicted)
+    if len(facts.tasks) > 1:
+        metrics |= {task_metric(task): r for task, r in zip(facts.tasks, task_pearsons(observed, predicted))}
     return metrics, predicted
+
+
+def task_metric(task: str) -> str:
+    """The MLflow metric of one task's eval Pearson (MLflow allows letters, digits, _ - . / and spaces)."""
+    return "eval_pearson/" + "".join(c if c.isalnum() or c in "_-. " else "_" for c in task)
 
 
 def prediction_problem(predicted: np.ndarray) -> str | None:
@@ -116,6 +127,7 @@ def train_trial(config: dict) -> None:
         save_model,
         set_precision,
     )
+    from model.config import resolved_loss, unbuildable
     from model.inputs import CodeBatches
 
     imported = time.perf_counter()
@@ -125,6 +137,11 @@ def train_trial(config: dict) -> None:
     trial, data_dir = split_trial_config(config)
     train_config, inputs = trial.train, trial.inputs
     data = PreparedData.load(data_dir)
+    facts = data.facts
+    problem = unbuildable(trial, facts)
+    if problem:
+        raise ValueError(f"this trial's config cannot train on {data_dir}: {problem}")
+    loss = resolved_loss(inputs, facts)
     loaded = time.perf_counter()
     policy = set_precision(train_config)
     keras.utils.set_random_seed(train_config.seed)
@@ -137,12 +154,13 @@ def train_trial(config: dict) -> None:
             batch_size,
             train_config.seed,
             augment=True,
-            length=inputs.length,
+            length=inputs.length(facts),
             singleton=inputs.singleton_channel,
+            layout=facts.layout,
         )
     )
-    training_model = build_training_model(trial.architecture, inputs)
-    compile_for_training(training_model, train_config, len(train_batches), inputs.output_head)
+    training_model = build_training_model(trial.architecture, inputs, facts)
+    compile_for_training(training_model, train_config, len(train_batches), loss)
     training_model.optimizer.build(training_model.trainable_variables)
     core = core_model(training_model)
     from model.mini_enformer import tower_filters
@@ -155,6 +173,7 @@ def train_trial(config: dict) -> None:
             else {}
         ),
         "resolved_batch_size": batch_size,
+        "resolved_loss": loss,
         "resolved_mixed_precision": policy,
         "resolved_jit_compile": bool(training_model.jit_compile),
     }
@@ -200,7 +219,7 @@ def train_trial(config: dict) -> None:
                 {"epoch": epoch + 1, "train_loss": train_loss, TUNE_METRIC: -1.0, "diverged": 1, "stop_reason": reason}
             )
             return
-        metrics, predicted = evaluate(core, data, batch_size)
+        metrics, predicted = evaluate(core, data, batch_size, loss)
         problem = prediction_problem(predicted)
         metrics.update(
             epoch=epoch + 1,

@@ -394,7 +394,7 @@ def first_row(directory: Path, split: str) -> int:
     [
         (write_manifest("{not json"), "not valid JSON (Expecting property name"),
         (write_manifest("[1, 2]"), "holds a list, not a JSON object"),
-        (edit_manifest(format_version=1), "format_version is 1; this dream-hpo reads [2, 3]: prepare the data again"),
+        (edit_manifest(format_version=1), "format_version is 1; this dream-hpo reads [2, 3, 4]: prepare the data again"),
         (edit_manifest(count="2000"), "count is '2000'; it must be a whole number >= 2"),
         (edit_manifest(eval_size=401), "train_size 1,400 + eval_size 401 + test_size 200 must equal count 2,000"),
         (remove(MANIFEST), f"is not a prepared data directory (no {MANIFEST})"),

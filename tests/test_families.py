@@ -140,7 +140,7 @@ def train_batch(inputs: InputConfig, n: int = 32):
     rng = np.random.default_rng(3)
     codes = encode_sequences(random_sequences(n, seed=3))
     targets = rng.integers(0, 17, size=n).astype(np.float32) + rng.choice([0.0, 0.5], size=n).astype(np.float32)
-    batch = WindowBatches(codes, targets, np.arange(n), n, seed=0, length=inputs.length, singleton=inputs.singleton_channel)
+    batch = WindowBatches(codes, targets, np.arange(n), n, seed=0, length=inputs.length(), singleton=inputs.singleton_channel)
     return batch[0]
 
 
@@ -156,7 +156,7 @@ def test_each_ingredient_builds_trains_a_step_and_lowers_the_loss(architecture, 
     losses = [float(training.train_on_batch(x, y)) for _ in range(8)]
     assert losses[-1] < losses[0], losses
     served = core_model(training)
-    assert served.input_shape == (None, inputs.length, 4) and served.output_shape == (None, 1)
+    assert served.input_shape == (None, inputs.length(), 4) and served.output_shape == (None, 1)
     windows = x[0] if isinstance(x, tuple) else x
     predicted = served.predict(one_hot(windows), verbose=0)
     assert np.all(np.isfinite(predicted))

@@ -52,7 +52,7 @@ def numpy(x) -> np.ndarray:
 
 
 def random_inputs(inputs: InputConfig, n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, inputs.length, inputs.channels), dtype=np.float32)
+    return np.random.default_rng(seed).random((n, inputs.length(), inputs.channels), dtype=np.float32)
 
 
 def prix_fixe_parameter_count(config: LegNetConfig, inputs: InputConfig) -> dict[str, int]:
