@@ -1,5 +1,7 @@
 """The DREAM Challenge's scores: per-subset correlations and the weighted PearsonScore/SpearmanScore.
 
+A table's prepared split has no subsets: `task_scores` gives one row per task instead.
+
 Pure NumPy on arrays of measured and predicted expression, indexed by test line.
 It sits next to `model.metrics` because it is built on that module's `pearson`
 and `spearman` (data_prep may not import model, and a second copy of the
@@ -33,6 +35,7 @@ WEIGHTS = {
     "motif_tiling": 0.4,
 }
 WEIGHT_TOTAL = 4.65  # the organisers' divisor: the sum of WEIGHTS
+TASK_MEAN = "mean_over_tasks"  # a table's row for the mean of its tasks' correlations (no weight)
 
 
 @dataclass(frozen=True)
@@ -110,14 +113,31 @@ def challenge_scores(measured, predicted, subsets: ChallengeSubsets | None = Non
     return ChallengeScores(tuple(scores.values()), *weighted)
 
 
+def task_scores(measured, predicted, tasks) -> ChallengeScores:
+    """Scores of a table's prepared split: one row per task, led by their mean when there are several."""
+    measured = np.asarray(measured, dtype=np.float64).reshape(len(measured), -1)
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(len(predicted), -1)
+    if measured.shape != predicted.shape or measured.shape[1] != len(tasks):
+        raise ValueError(f"measured and predicted need one column per task {list(tasks)}; got {measured.shape} and {predicted.shape}")
+    rows = np.arange(len(measured))
+    each = [subset_score(task, measured[:, i], predicted[:, i], rows) for i, task in enumerate(tasks)]
+    if len(each) == 1:
+        return ChallengeScores(tuple(each), None, None)
+    mean = SubsetScore(
+        TASK_MEAN, len(measured), False, float(np.mean([s.pearson for s in each])), float(np.mean([s.spearman for s in each]))
+    )
+    return ChallengeScores((mean, *each), None, None)
+
+
 def format_table(scores: ChallengeScores, challenge_file: bool = True) -> str:
     """The terminal table: one line per subset, then the weighted scores (or why they are missing, for a
     challenge test file; a prepared split has no subsets to miss)."""
     lines = [f"{'subset':<20} {'n':>13} {'weight':>6} {'pearson r':>10} {'r^2':>7} {'spearman':>9}"]
     for score in scores.subsets:
         n = f"{score.size:,}" + (" pairs" if score.paired else "")
+        weight = f"{WEIGHTS[score.name]:>6.2f}" if score.name in WEIGHTS else f"{'-':>6}"  # a table's task has none
         lines.append(
-            f"{score.name:<20} {n:>13} {WEIGHTS[score.name]:>6.2f} "
+            f"{score.name:<20} {n:>13} {weight} "
             f"{score.pearson:>10.4f} {score.pearson ** 2:>7.4f} {score.spearman:>9.4f}"
         )
     if scores.pearson_score is None:

@@ -29,7 +29,7 @@ def greedy_weights(candidates: list[np.ndarray], observed: np.ndarray, rounds: i
     """Each candidate's weight in the best blend that `rounds` greedy picks with replacement reach."""
     observed = np.asarray(observed, np.float64)
     counts = np.zeros(len(candidates), np.int64)
-    blend_sum = np.zeros(len(observed))
+    blend_sum = np.zeros(observed.shape)
     best_score, best_counts = -math.inf, counts
     for _ in range(rounds):
         # Pearson ignores scale, so the sum of the picked predictions scores as their mean.

@@ -256,7 +256,7 @@ def evaluate_prepared(
 ):
     """Scores of the model on a split of a prepared directory: its test split unless `split` says validation."""
     from data_prep import PreparedData
-    from model.challenge_scores import challenge_scores
+    from model.challenge_scores import challenge_scores, task_scores
 
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {list(SPLITS)}; got {split!r}")
@@ -270,16 +270,24 @@ def evaluate_prepared(
             "give --split validation, or prepare it again"
         )
     client = _run_client(log_to, tracking_uri) if log_to else None
+    blend = load_blend(model, tracking_uri)
+    facts = data.facts
+    if (blend.layout, blend.tasks) != (facts.layout, facts.tasks):
+        raise ValueError(
+            f"--model {model} was trained on data stored {blend.layout.width} wide with tasks {list(blend.tasks)}; "
+            f"--data {data_dir} is stored {facts.layout.width} wide with tasks {list(facts.tasks)}: "
+            "score it on data prepared like its own"
+        )
     rows = data.test_index if split == "test" else data.eval_index
     measured = data.read_test_targets() if split == "test" else data.targets[data.eval_index]
-    predictions = _predict(model, data.codes[rows], tracking_uri, batch_size, progress)
-    scores = challenge_scores(measured, predictions)
+    predictions = blend.predict(data.codes[rows], batch_size, _stage(progress, "predict"))
+    scores = task_scores(measured, predictions, facts.tasks) if facts.format == "table" else challenge_scores(measured, predictions)
     if client is not None:
-        log_scores(client, log_to, scores)
+        log_scores(client, log_to, scores, challenge_file=False)
     return scores
 
 
-def log_scores(client, run_id: str, scores) -> None:
+def log_scores(client, run_id: str, scores, challenge_file: bool = True) -> None:
     """The scores as metrics (finite ones; NaN marks an undefined correlation) and the table as an artifact."""
     import math
     import time
@@ -291,7 +299,7 @@ def log_scores(client, run_id: str, scores) -> None:
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, 0) for k, v in scores.metrics().items() if math.isfinite(v)]
     client.log_batch(run_id, metrics=metrics)
-    client.log_text(run_id, format_table(scores) + "\n", "evaluation/challenge_scores.txt")
+    client.log_text(run_id, format_table(scores, challenge_file) + "\n", "evaluation/challenge_scores.txt")
 
 
 def _run_client(run_id: str, tracking_uri: str | None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from search.results import Compute, EnsembleResult, Interval, StudyResult, TestScore
+from search.results import Compute, EnsembleResult, Interval, StudyResult, TestScore, TrialResult
 
 
 def header(config, gpus: float, tracking_uri: str, manifest: dict) -> str:
@@ -82,7 +82,9 @@ def trial_table(result: StudyResult, top: int = 10) -> list[str]:
         + (f"{'test r [95% CI]':<24} " if test else "")
         + f"{'vs baseline [95% CI]':<26} "
         + (f"{'vs LegNet [95% CI]':<26} " if legnet else "")
-        + f"{'vs k-mer [95% CI]':<26} {'epochs':>6} {'hours':>7}  status     config"
+        + f"{'vs k-mer [95% CI]':<26} {'epochs':>6} {'hours':>7}  status     "
+        + ("eval r per task: " + ", ".join(result.tasks) + "; " if len(result.tasks) > 1 else "")
+        + "config"
     ]
     shown = [
         (rank, trial)
@@ -102,7 +104,7 @@ def trial_table(result: StudyResult, top: int = 10) -> list[str]:
             + (f"{_interval(trial.vs_legnet, signed=True):<26} " if legnet else "")
             + f"{_interval(trial.vs_kmer, signed=True):<26} "
             f"{trial.epochs_trained:>6} {trial.device_hours:>7.3f}  "
-            f"{trial.status:<9}  {tag}{'' if trial.legnet_reference else config}{reason}"
+            f"{trial.status:<9}  {_per_task(trial)}{tag}{'' if trial.legnet_reference else config}{reason}"
         )
     shown_ranks = {rank for rank, _ in shown}
     left_out = [trial for rank, trial in enumerate(result.trials, start=1) if rank not in shown_ranks]
@@ -121,6 +123,11 @@ def trial_table(result: StudyResult, top: int = 10) -> list[str]:
         )
     lines.append(compute_line(result.compute))
     return lines
+
+
+def _per_task(trial: TrialResult) -> str:
+    """`0.712 / 0.655; ` for a trial scored on several tasks, else ''."""
+    return " / ".join(f"{value:.3f}" for value in trial.task_pearsons.values()) + "; " if trial.task_pearsons else ""
 
 
 def compute_line(compute: Compute) -> str:

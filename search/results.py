@@ -78,6 +78,7 @@ class TrialResult:
     legnet_reference: bool = False
     vs_legnet: Interval | None = None
     test: TestScore | None = None  # only the trials the study chose or compares with: best, references, ensemble
+    task_pearsons: dict[str, float] = field(default_factory=dict)  # eval Pearson per task, data with several tasks
     predicted: np.ndarray | None = field(default=None, repr=False, compare=False)
     checkpoint: object = field(default=None, repr=False, compare=False)
 
@@ -107,6 +108,7 @@ class TrialResult:
             "status": self.status,
             "reason": self.reason,
             **figures,
+            **{f"eval_pearson/{task}": value for task, value in self.task_pearsons.items()},
             **self.searched,
         }
 
@@ -221,6 +223,7 @@ class StudyResult:
     test_size: int = 0  # sequences of the test split the chosen models were scored on; 0 without one
     reference_test: Interval | None = None  # the k-mer reference on the test split
     seeds: tuple[SeedSpread, ...] = ()  # --confirm-seeds: the best and baseline configs over more seeds
+    tasks: tuple[str, ...] = ()  # the data's target columns; eval r is their mean when there are several
 
     @property
     def best(self) -> TrialResult | None:
@@ -281,12 +284,13 @@ def compute_spent(trials, max_epochs: int, rungs: list[int] | None) -> Compute:
     )
 
 
-def with_intervals(trials, observed: np.ndarray, kmer_predicted: np.ndarray) -> tuple[TrialResult, ...]:
+def with_intervals(trials, observed: np.ndarray, kmer_predicted: np.ndarray, tasks=()) -> tuple[TrialResult, ...]:
     """Each scored trial with its eval Pearson's interval and its paired differences to the baseline, the LegNet
-    reference and the k-mer reference (the same resampled rows for all, fixed seed)."""
+    reference and the k-mer reference (the same resampled rows for all, fixed seed); with several `tasks`,
+    its Pearson on each."""
     from dataclasses import replace
 
-    from model.metrics import paired_pearson_difference, pearson_interval
+    from model.metrics import paired_pearson_difference, pearson_interval, task_pearsons
 
     baseline = next((t for t in trials if t.baseline and t.predicted is not None), None)
     legnet = next((t for t in trials if t.legnet_reference and t.predicted is not None), None)
@@ -306,17 +310,20 @@ def with_intervals(trials, observed: np.ndarray, kmer_predicted: np.ndarray) -> 
                 vs_legnet=Interval.of(paired_pearson_difference(observed, trial.predicted, legnet.predicted))
                 if legnet is not None
                 else None,
+                task_pearsons=dict(zip(tasks, task_pearsons(observed, trial.predicted))) if len(tasks) > 1 else {},
             )
         )
     return tuple(scored)
 
 
-def summarise(trials, *, observed, kmer, max_epochs, rungs, ensemble_size, experiment_path, data_dir) -> StudyResult:
+def summarise(
+    trials, *, observed, kmer, max_epochs, rungs, ensemble_size, experiment_path, data_dir, tasks=()
+) -> StudyResult:
     """The study's one result: trials with intervals, ranked; compute; the k-mer reference; the ensemble."""
     from model.metrics import pearson_interval
     from search.ensemble import select_ensemble
 
-    ranked = tuple(rank_trials(with_intervals(trials, observed, kmer["predicted"])))
+    ranked = tuple(rank_trials(with_intervals(trials, observed, kmer["predicted"], tasks)))
     reference = pearson_interval(observed, np.asarray(kmer["predicted"]))
     return StudyResult(
         trials=ranked,
@@ -325,6 +332,7 @@ def summarise(trials, *, observed, kmer, max_epochs, rungs, ensemble_size, exper
         data_dir=data_dir,
         reference=Interval(float(kmer["pearson"]), reference["low"], reference["high"]),
         ensemble=select_ensemble(ranked, observed, kmer, ensemble_size),
+        tasks=tuple(tasks),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from data_prep.prepare import DataFacts
 from search import cluster, report, results, settings
 from search.baseline import TrialNaming, reference_of, trial_params
 from search.settings import StudyConfig
@@ -76,6 +77,7 @@ def run_study(config: StudyConfig, progress=print) -> results.StudyResult:
             ensemble_size=config.ensemble_size if config.searched else 0,
             experiment_path=str(grid.experiment_path),
             data_dir=str(config.data_dir),
+            tasks=DataFacts.of(manifest).tasks,
         )
         seed_trials = confirm_seeds(config, study, trainable, runs, parent_run_id, device_share, progress)
         # Every choice is made: now, and only now, the test split.

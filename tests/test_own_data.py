@@ -117,36 +117,132 @@ def test_pearson_of_several_tasks_is_their_mean():
     assert interval["low"] < np.mean(each) < interval["high"]
 
 
-@pytest.mark.slow
-def test_a_two_task_table_trains_predicts_a_column_per_task_and_serves_the_same(tmp_path, monkeypatch):
-    import mlflow
+def test_synthetic_libraries_have_the_shapes_users_bring_and_their_documented_grammar():
+    from data_prep.encoding import CODE_OF_BYTE
+    from data_prep.synth_tables import GC_EFFECT, LENTIMPRA, STARR, library_signal, synthesize_library
+
+    lines, targets, signal = synthesize_library(LENTIMPRA, 200, seed=3)
+    assert lines[0] == "seq_id\tseq\tmean_value\tfold"
+    fields = [line.split("\t") for line in lines[1:]]
+    assert {len(f[1]) for f in fields} == {230} and {f[3] for f in fields} == {str(k) for k in range(1, 11)}
+    assert all(f[1].startswith("AGGACCGGATCAACT") and f[1].endswith("CATTGCGTGAACCGA") for f in fields)
+    assert (targets < 0).any() and np.corrcoef(targets[:, 0], signal[:, 0])[0, 1] > 0.8
+    lines, targets, _ = synthesize_library(STARR, 400, seed=3)
+    assert lines[0].split(",")[2:4] == ["Dev_log2_enrichment", "Hk_log2_enrichment"] and targets.shape == (400, 2)
+    lengths = [len(line.split(",")[1]) for line in lines[1:]]
+    assert max(lengths) == 249 and 230 <= min(lengths) < 249
+
+    def codes(text):
+        return CODE_OF_BYTE[np.frombuffer(text.encode(), np.uint8)][None, :]
+
+    plain, dre, dre_reverse = "A" * 40, "A" * 16 + "TATCGATA" + "A" * 16, "A" * 16 + "TATCGATA"[::-1].translate(str.maketrans("ACGT", "TGCA")) + "A" * 16
+    base = library_signal(STARR, codes(plain))[0]
+    assert base == pytest.approx([0.0 - GC_EFFECT * 0.5, -1.0 - GC_EFFECT * 0.5])
+    for with_motif in (dre, dre_reverse):  # DRE is a housekeeping motif only: the dev task sees its GC alone
+        gc_shift = GC_EFFECT * 2 / 40
+        assert library_signal(STARR, codes(with_motif))[0] == pytest.approx([base[0] + gc_shift, base[1] + 1.2 + gc_shift])
+
+
+def test_a_tables_split_is_scored_per_task_with_their_mean_first():
+    from model.challenge_scores import TASK_MEAN, format_table, task_scores
+
+    rng = np.random.default_rng(2)
+    measured = rng.normal(size=(200, 2))
+    predicted = measured + rng.normal(size=(200, 2)) * [0.2, 2.0]
+    scores = task_scores(measured, predicted, ("dev", "hk"))
+    names = [score.name for score in scores.subsets]
+    assert names == [TASK_MEAN, "dev", "hk"]
+    dev, hk = scores.subsets[1].pearson, scores.subsets[2].pearson
+    assert dev > 0.9 > 0.6 > hk and scores.subsets[0].pearson == pytest.approx((dev + hk) / 2)
+    assert scores.metrics()["test_hk_pearson"] == pytest.approx(hk)
+    assert [line.split()[0] for line in format_table(scores, challenge_file=False).splitlines()[1:]] == names
+    with pytest.raises(ValueError, match="one column per task"):
+        task_scores(measured, predicted[:, 0], ("dev", "hk"))
+
+
+def test_the_ensemble_of_a_two_task_study_blends_a_model_good_at_each_task():
+    from search.ensemble import greedy_weights
+
+    rng = np.random.default_rng(4)
+    observed = rng.normal(size=(500, 2))
+    good_at_dev = np.stack([observed[:, 0] + 0.3 * rng.normal(size=500), rng.normal(size=500)], axis=1)
+    good_at_hk = np.stack([rng.normal(size=500), observed[:, 1] + 0.3 * rng.normal(size=500)], axis=1)
+    weights = greedy_weights([good_at_dev, good_at_hk], observed, rounds=4)
+    assert weights[0] > 0 and weights[1] > 0
+
+
+def learned(data_dir, run_id: str, uri: str, shape) -> np.ndarray:
+    """Per task, the Pearson between a logged model's validation predictions and the noise-free planted signal."""
+    from data_prep import PreparedData
+    from data_prep.synth_tables import library_signal
+    from model.inference import load_blend
+
+    data = PreparedData.load(data_dir)
+    blend = load_blend(f"runs:/{run_id}/model", uri)
+    rows = data.codes[data.eval_index]
+    predicted = np.asarray(blend.predict(rows, 256)).reshape(len(rows), -1)
+    signal = library_signal(shape, rows)
+    return np.array([np.corrcoef(predicted[:, i], signal[:, i])[0, 1] for i in range(signal.shape[1])])
+
+
+def small_baseline(uri: str, tmp_path, data: str) -> list[str]:
+    flags = ["--data", data, "--epochs", "6", "--batch-size", "64", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")]
+    for setting in ("channels=48", "transformer_layers=1", "optimizer=adamw", "learning_rate=0.002"):
+        flags += ["--set", setting]
+    return ["baseline", *flags]
+
+
+def last_run(uri: str):
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(uri)
+    return client.search_runs([client.get_experiment_by_name("dream-hpo").experiment_id], order_by=["start_time DESC"])[0]
+
+
+@pytest.mark.slow
+def test_a_starr_table_with_two_tasks_learns_both_predicts_a_column_per_task_and_serves_the_same(tmp_path, monkeypatch):
+    import mlflow
+    import pandas as pd
+
+    from data_prep.synth_tables import STARR
     from search.cli import main
 
     monkeypatch.chdir(tmp_path)
-    write_table(tmp_path / "lib.tsv", rows=400)
-    assert main(["prepare", "lib.tsv", "--out", "data", "--target-column", "dev", "--target-column", "hk", "--split-column", "set"]) == 0
+    assert main(["synth", "--kind", "starr", "--n", "4000", "--out", "starr.csv.gz"]) == 0
+    tasks = ["Dev_log2_enrichment", "Hk_log2_enrichment"]
+    assert main(["prepare", "starr.csv.gz", "--out", "data", "--target-column", tasks[0], "--target-column", tasks[1], "--split-column", "set"]) == 0
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    flags = ["--data", "data", "--epochs", "3", "--batch-size", "32", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")]
-    for setting in ("channels=48", "transformer_layers=1", "tower_blocks=2", "optimizer=adam", "learning_rate=0.003"):
-        flags += ["--set", setting]
-    assert main(["baseline", *flags]) == 0
-    client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("dream-hpo").experiment_id])
+    assert main(small_baseline(uri, tmp_path, "data")) == 0
+    run = last_run(uri)
     assert run.data.params["resolved_loss"] == "mse"
-    assert {"eval_pearson/dev", "eval_pearson/hk"} <= set(run.data.metrics)
-    assert run.data.metrics["eval_pearson"] == pytest.approx(
-        (run.data.metrics["eval_pearson/dev"] + run.data.metrics["eval_pearson/hk"]) / 2
-    )
-    (tmp_path / "query.tsv").write_text("sequence\nACGTACGTAC\n" + "ACGT" * 10 + "\n")
+    each = [run.data.metrics[f"eval_pearson/{task}"] for task in tasks]
+    assert run.data.metrics["eval_pearson"] == pytest.approx(np.mean(each))
+    assert (learned("data", run.info.run_id, uri, STARR) > 0.6).all()
+
+    (tmp_path / "query.tsv").write_text("sequence\nACGTACGTAC\n" + "ACGT" * 60 + "\n")
     assert main(["predict", "--model", run.info.run_id, "--sequences", "query.tsv", "--out", "p.tsv", "--tracking-uri", uri]) == 0
     header, *rows = (tmp_path / "p.tsv").read_text().splitlines()
-    assert header == "sequence\tdev\thk" and [r.split("\t")[0] for r in rows] == ["ACGTACGTAC", "ACGT" * 10]
+    assert header == "sequence\t" + "\t".join(tasks) and [r.split("\t")[0] for r in rows] == ["ACGTACGTAC", "ACGT" * 60]
     mlflow.set_tracking_uri(uri)
     served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    import pandas as pd
-
-    frame = served.predict(pd.DataFrame({"sequence": ["ACGTACGTAC", "ACGT" * 10]}))
-    assert list(frame.columns) == ["dev", "hk"]
+    frame = served.predict(pd.DataFrame({"sequence": ["ACGTACGTAC", "ACGT" * 60]}))
+    assert list(frame.columns) == tasks
     np.testing.assert_allclose(frame.to_numpy(), [[float(v) for v in r.split("\t")[1:]] for r in rows], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_lentimpra_table_with_cv_folds_learns_its_signed_activity(tmp_path, monkeypatch, capsys):
+    from data_prep.synth_tables import LENTIMPRA
+    from search.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "--kind", "lentimpra", "--n", "4000", "--out", "lenti.tsv"]) == 0
+    assert main(["prepare", "lenti.tsv", "--out", "data", "--split-column", "fold", "--validation-values", "9", "--test-values", "10"]) == 0
+    assert "3,200 for training, 400 for validation and 400 for test (by --split-column fold)" in capsys.readouterr().out
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(small_baseline(uri, tmp_path, "data")) == 0
+    run = last_run(uri)
+    assert learned("data", run.info.run_id, uri, LENTIMPRA)[0] > 0.6
+    assert main(["evaluate", "--model", run.info.run_id, "--data", "data", "--tracking-uri", uri]) == 0
+    [score_line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mean_value")]
+    assert float(score_line.split()[3]) > 0.5
