@@ -26,6 +26,7 @@ from model import (
     save_model,
     split_config,
 )
+from model.config import resolved_loss
 from model.strand import reverse_complement_codes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +151,7 @@ def test_each_ingredient_builds_trains_a_step_and_lowers_the_loss(architecture, 
     inputs = INGREDIENTS[ingredient]
     keras.utils.set_random_seed(0)
     training = build_training_model(architecture, inputs)
-    compile_for_training(training, TrainConfig(optimizer="adam", learning_rate=3e-3, jit_compile=False), None, inputs.output_head)
+    compile_for_training(training, TrainConfig(optimizer="adam", learning_rate=3e-3, jit_compile=False), None, resolved_loss(inputs))
     x, y = train_batch(inputs)
     # train_on_batch returns the loss before its update (in training mode, as batch norm trains).
     losses = [float(training.train_on_batch(x, y)) for _ in range(8)]
@@ -171,13 +172,14 @@ def test_each_ingredient_trains_under_jax():
         """
         import keras, numpy as np
         from model import InputConfig, LegNetConfig, ModelConfig, TrainConfig, build_training_model, compile_for_training
+        from model.config import resolved_loss
         from tests.test_families import INGREDIENTS, SMALL_ENFORMER, SMALL_LEGNET, train_batch
         assert keras.backend.backend() == "jax"
         for architecture in (SMALL_ENFORMER, SMALL_LEGNET):
             for name, inputs in INGREDIENTS.items():
                 keras.utils.set_random_seed(0)
                 training = build_training_model(architecture, inputs)
-                compile_for_training(training, TrainConfig(optimizer="adam", learning_rate=3e-3), None, inputs.output_head)
+                compile_for_training(training, TrainConfig(optimizer="adam", learning_rate=3e-3), None, resolved_loss(inputs))
                 x, y = train_batch(inputs)
                 losses = [float(training.train_on_batch(x, y)) for _ in range(8)]
                 assert losses[-1] < losses[0], (type(architecture).__name__, name, losses)

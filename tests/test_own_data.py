@@ -175,7 +175,7 @@ def learned(data_dir, run_id: str, uri: str, shape) -> np.ndarray:
     """Per task, the Pearson between a logged model's validation predictions and the noise-free planted signal."""
     from data_prep import PreparedData
     from data_prep.synth_tables import library_signal
-    from model.inference import load_blend
+    from search.predict import load_blend
 
     data = PreparedData.load(data_dir)
     blend = load_blend(f"runs:/{run_id}/model", uri)
