@@ -11,13 +11,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def training_curve(history: list[dict], path: Path) -> None:
-    """Train loss and eval Pearson per epoch on twin axes, the view of the seed's Figure 2."""
+LOSS_LABELS = {"poisson": "Poisson", "mse": "MSE", "bins": "soft-bin KL"}
+
+
+def training_curve(history: list[dict], path: Path, loss: str = "poisson") -> None:
+    """Train loss (`loss`: the trial's resolved loss) and eval Pearson per epoch on twin axes, the view of the seed's Figure 2."""
+    loss = LOSS_LABELS.get(loss, loss)
     epochs = [h["epoch"] for h in history]
     figure, loss_axis = plt.subplots(figsize=(7, 4))
-    loss_axis.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:blue", label="train Poisson loss")
+    loss_axis.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:blue", label=f"train {loss} loss")
     loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("train Poisson loss", color="tab:blue")
+    loss_axis.set_ylabel(f"train {loss} loss", color="tab:blue")
     pearson_axis = loss_axis.twinx()
     pearson_axis.plot(epochs, [h["eval_pearson"] for h in history], "s-", color="tab:red", label="eval Pearson")
     pearson_axis.set_ylabel("eval Pearson r", color="tab:red")
@@ -34,7 +38,7 @@ def observed_vs_predicted(observed: np.ndarray, predicted: np.ndarray, path: Pat
     r = np.corrcoef(observed, predicted)[0, 1] if np.std(predicted) > 0 else float("nan")
     axis.set_xlabel("measured expression")
     axis.set_ylabel("predicted expression")
-    axis.set_title(f"Eval split, Pearson r = {r:.3f}" + (f" ({title})" if title else ""))
+    axis.set_title(f"Eval split, Pearson r = {r:.3f}" + (f"\n{title}" if title else ""), fontsize="medium")
     low, high = float(min(observed.min(), predicted.min())), float(max(observed.max(), predicted.max()))
     axis.plot([low, high], [low, high], "--", color="grey", linewidth=1)
     figure.tight_layout()

@@ -18,6 +18,7 @@ here, so the driver logs a model without importing TensorFlow or running it.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -131,10 +132,17 @@ def sequence_codes(model_input, blend=None) -> np.ndarray:
                 f"row {row + 1}: {sequence!r} is not a DNA sequence; "
                 "every row needs a non-empty string of A, C, G, T, N"
             )
+    layout = blend.layout if blend is not None else DREAM_LAYOUT
     try:
-        return fit_sequences(sequences, blend.layout if blend is not None else DREAM_LAYOUT)[0]
+        codes, fitted = fit_sequences(sequences, layout)
     except ValueError as error:
         raise MlflowException.invalid_parameter_value(str(error)) from None
+    if fitted.padded or fitted.trimmed:  # the server's log says what the layout did to the request
+        logging.getLogger(__name__).info(
+            "fitted %d sequences to the model's %d-base layout: %d padded with N on the %s, %d cut on the %s",
+            len(sequences), layout.width, fitted.padded, layout.pad, fitted.trimmed, layout.trim,
+        )
+    return codes
 
 
 def signature(tasks: tuple[str, ...] = ("expression",)):

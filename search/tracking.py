@@ -402,7 +402,8 @@ class StudyRuns:
         self.log_json(run_id, "data/data_manifest.json", self.manifest)
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
-            plots.training_curve(state["history"], scratch / "training_curve.png")
+            loss = client.get_run(run_id).data.params.get("resolved_loss", "poisson")
+            plots.training_curve(state["history"], scratch / "training_curve.png", loss)
             client.log_artifact(run_id, scratch / "training_curve.png", "plots")
             if (checkpoint_dir / BEST_PREDICTIONS_FILE).exists():
                 predictions = np.load(checkpoint_dir / BEST_PREDICTIONS_FILE)
