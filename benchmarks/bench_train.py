@@ -30,6 +30,7 @@ the baseline, printing host RSS after each stage (target: under 4 GB).
     python benchmarks/bench_train.py --family legnet --batch-size 128 --steps 8
     python benchmarks/bench_train.py --full-size --backend tensorflow
     python benchmarks/bench_train.py --backend tensorflow --batch-size 1000 --widths 85 230 --rounds 3
+    python benchmarks/bench_train.py --backend tensorflow --batch-size 1000 --precision float32 mixed_bfloat16 --rounds 3
 """
 
 from __future__ import annotations
@@ -339,17 +340,20 @@ def print_speed(results: list[dict]) -> None:
         )
 
 
-def print_width_medians(results: list[dict]) -> None:
-    """Per backend and width, the median over rounds of the median step, and its ratio to the first width's."""
+def print_medians(results: list[dict]) -> None:
+    """Per backend, width and precision, the median over rounds of the median step, and its ratio to the first's."""
     for backend in dict.fromkeys(r["backend"] for r in results):
         medians = {}
         for r in results:
             if r["backend"] == backend:
-                medians.setdefault(r["width"], []).append(r["step_median"])
+                medians.setdefault((r["width"], r["precision"]), []).append(r["step_median"])
         first = statistics.median(next(iter(medians.values())))
-        for width, rates in medians.items():
+        for (width, precision), rates in medians.items():
             median = statistics.median(rates)
-            print(f"{backend} {width} bp: step median {median:,.0f} samples/s over {len(rates)} round(s), {median / first:.2f}x the first width")
+            print(
+                f"{backend} {width} bp {precision}: step median {median:,.0f} samples/s over {len(rates)} round(s), "
+                f"{median / first:.2f}x the first"
+            )
 
 
 def print_full_size(results: list[dict]) -> None:
@@ -384,7 +388,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed training steps (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first, compiling one (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="input pipeline timings, best kept (default: %(default)s)")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="auto", help="(default: %(default)s: bfloat16 on GPUs and CPUs that have bfloat16 units)")
+    parser.add_argument(
+        "--precision", choices=list(PRECISIONS), nargs="+", default=["auto"],
+        help="one or more, interleaved with --rounds (default: auto: bfloat16 on GPUs and CPUs measured faster in it)",
+    )
     parser.add_argument("--jit", choices=list(JIT), default="auto", help="XLA (default: %(default)s: on for GPUs and JAX, off for TensorFlow on CPU)")
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic sequences for the speed runs (default: %(default)s)")
     parser.add_argument("--set", type=config_setting, action="append", default=[], metavar="KEY=VALUE", help="a model or training config field, e.g. --set channels=96")
@@ -395,7 +402,7 @@ def main(argv=None) -> int:
         help=f"sequence widths the model reads: {DREAM_WINDOW} is the DREAM window, others a library table that wide "
         "(e.g. --widths 85 230; default: %(default)s)",
     )
-    parser.add_argument("--rounds", type=int, default=1, help="runs of every width, interleaved (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every width and precision, interleaved (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -411,7 +418,6 @@ def main(argv=None) -> int:
         "steps": args.steps,
         "warmup": args.warmup,
         "repeats": args.repeats,
-        "precision": args.precision,
         "jit": args.jit,
         "n": args.n,
         "set": args.set,
@@ -424,11 +430,12 @@ def main(argv=None) -> int:
     for _ in range(args.rounds):
         for backend in backends:
             for width in widths:
-                print(f"{backend}, {width} bp: running (load average {os.getloadavg()[0]:.1f}) ...", flush=True)
-                results.append(run_child(backend, {**spec, "width": width}))
+                for precision in args.precision:
+                    print(f"{backend}, {width} bp, {precision}: running (load average {os.getloadavg()[0]:.1f}) ...", flush=True)
+                    results.append(run_child(backend, {**spec, "width": width, "precision": precision}))
     (print_full_size if args.full_size else print_speed)(results)
-    if len(widths) > 1 or args.rounds > 1:
-        print_width_medians(results)
+    if len(widths) > 1 or len(args.precision) > 1 or args.rounds > 1:
+        print_medians(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -1,7 +1,7 @@
 """What this process trains on under the current Keras backend, and the per-device choices that follow.
 
 XLA (`jit_compile`) pays off on GPUs but not for TensorFlow on CPUs, and bfloat16
-pays off on GPUs and for TensorFlow on CPUs with AMX bfloat16 units (the README's
+pays off on GPUs and for TensorFlow on CPUs with AMX or AVX-512 bfloat16 units (the README's
 Performance section has the figures), so `TrainConfig`'s "auto" settings resolve here.
 TensorFlow and JAX describe their devices differently; nothing outside this
 module needs to know how.
@@ -20,10 +20,10 @@ import keras
 AUTO = "auto"
 # bfloat16 tensor cores arrived with Ampere (compute capability 8.0).
 BFLOAT16_COMPUTE_CAPABILITY = (8, 0)
-# The /proc/cpuinfo flag of Intel's AMX bfloat16 tile units (Sapphire Rapids on), which
-# oneDNN uses for bfloat16 matmuls and convolutions. CPUs with AVX512-BF16 but no AMX
-# stay float32: none was measured, and without tiles the casts may cost what bfloat16 saves.
-CPU_BFLOAT16_FLAG = "amx_bf16"
+# /proc/cpuinfo flags of the bfloat16 units oneDNN uses for TensorFlow's bfloat16 matmuls and
+# convolutions, on CPUs where the baseline step was measured faster in bfloat16 (README):
+# Intel's AMX tiles (a Sapphire Rapids Xeon) and AVX-512 BF16 (an AMD EPYC without AMX).
+CPU_BFLOAT16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 class Gpu(NamedTuple):
@@ -97,16 +97,16 @@ def cpu_flags() -> frozenset[str]:
 def resolve_mixed_precision(setting: bool | str) -> bool:
     """`True`/`False` as given; "auto" is bfloat16 where the devices have bfloat16 units.
 
-    That is every visible GPU from Ampere on or, without GPUs, a CPU with AMX
-    bfloat16 tiles under TensorFlow, whose oneDNN kernels use them (faster than
-    float32 for the baseline step, README). XLA's CPU build of the JAX step was
+    That is every visible GPU from Ampere on or, without GPUs, a CPU with AMX or
+    AVX-512 bfloat16 units under TensorFlow, whose oneDNN kernels use them (faster
+    than float32 for the baseline step, README). XLA's CPU build of the JAX step was
     measured no faster in bfloat16, so JAX on a CPU stays float32.
     """
     if setting != AUTO:
         return bool(setting)
     found = gpus()
     if not found:
-        return keras.backend.backend() == "tensorflow" and CPU_BFLOAT16_FLAG in cpu_flags()
+        return keras.backend.backend() == "tensorflow" and bool(CPU_BFLOAT16_FLAGS & cpu_flags())
     return all(
         gpu.compute_capability is not None and gpu.compute_capability >= BFLOAT16_COMPUTE_CAPABILITY for gpu in found
     )

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import DEMO
 from data_prep import PreparedData
 from data_prep.batches import WindowBatches
 from data_prep.encoding import SEQUENCE_WIDTH, WINDOW_LENGTH, WINDOW_START, window
@@ -54,12 +55,13 @@ def synthetic(make_synthetic_data) -> Path:
 
 def test_auto_settings_follow_the_device(monkeypatch):
     monkeypatch.setattr(devices, "gpus", lambda: ())
-    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx512f", "avx2"}))
     assert devices.resolve_jit_compile("auto") is False  # TensorFlow on CPU: the graph beats XLA
-    assert devices.resolve_mixed_precision("auto") is False  # no AMX tiles
+    assert devices.resolve_mixed_precision("auto") is False  # no bfloat16 units
     assert devices.resolve_jit_compile(True) is True and devices.resolve_mixed_precision(True) is True
-    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
-    assert devices.resolve_mixed_precision("auto") is True
+    for flags in ({"avx512f", "avx512_bf16"}, {"avx512f", "amx_tile", "amx_bf16"}):  # the AMD EPYC; a Sapphire Rapids Xeon
+        monkeypatch.setattr(devices, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert devices.resolve_mixed_precision("auto") is True
     assert devices.resolve_mixed_precision(False) is False
 
     monkeypatch.setattr(devices, "gpus", lambda: (Gpu("NVIDIA H100 80GB HBM3", (9, 0)),))
@@ -112,12 +114,12 @@ def test_compute_capability_is_read_from_either_backend():
     assert devices._capability(None) is None and devices._capability("sm_90") is None
 
 
-def test_defaults_on_this_cpu_are_xla_off_and_bfloat16_only_with_amx(float32_policy_after):
+def test_defaults_on_this_cpu_are_xla_off_and_bfloat16_only_with_bfloat16_units(float32_policy_after):
     if devices.gpus():
         pytest.skip("this machine has a GPU")
     train = TrainConfig()
     assert (train.mixed_precision, train.jit_compile) == ("auto", "auto")
-    expected = "mixed_bfloat16" if devices.CPU_BFLOAT16_FLAG in devices.cpu_flags() else "float32"
+    expected = "mixed_bfloat16" if devices.CPU_BFLOAT16_FLAGS & devices.cpu_flags() else "float32"
     assert set_precision(train) == expected
     training = compile_for_training(build_training_model(TINY_MODEL), train)
     assert training.jit_compile is False
@@ -177,6 +179,17 @@ def eval_pearson(training, data) -> float:
     return pearson(data.targets[data.eval_index], predicted)
 
 
+# Without the transformer's dropout this model learns the grammar within the step budget.
+PRECISION_CONFIG = ModelConfig(channels=48, transformer_layers=1, transformer_dropout=0.0)
+
+
+def precision_model(mixed_precision: bool, optimizer: str, learning_rate: float):
+    train = TrainConfig(optimizer=optimizer, learning_rate=learning_rate, mixed_precision=mixed_precision, jit_compile=False)
+    set_precision(train)
+    keras.utils.set_random_seed(0)
+    return compile_for_training(build_training_model(PRECISION_CONFIG), train)
+
+
 @pytest.mark.slow
 def test_bfloat16_training_steps_stay_within_0_005_pearson_of_float32(synthetic, float32_policy_after):
     """The same 40 steps of the seed's SGD from the same weights, in float32 and mixed_bfloat16, evaluate alike.
@@ -192,14 +205,7 @@ def test_bfloat16_training_steps_stay_within_0_005_pearson_of_float32(synthetic,
     rounding included, and differed by 0.002 to 0.005.
     """
     data = PreparedData.load(synthetic)
-    # Without the transformer's dropout this model learns the grammar within the step budget.
-    config = ModelConfig(channels=48, transformer_layers=1, transformer_dropout=0.0)
-
-    def model(mixed_precision: bool, optimizer: str, learning_rate: float):
-        train = TrainConfig(optimizer=optimizer, learning_rate=learning_rate, mixed_precision=mixed_precision, jit_compile=False)
-        set_precision(train)
-        keras.utils.set_random_seed(0)
-        return compile_for_training(build_training_model(config), train)
+    model = precision_model
 
     shared = model(False, "adam", 5e-3)
     train_steps(shared, data, 0, SHARED_STEPS)
@@ -215,6 +221,34 @@ def test_bfloat16_training_steps_stay_within_0_005_pearson_of_float32(synthetic,
     assert core.get_layer("transformer").compute_dtype == "bfloat16" and core.output.dtype == "float32"
 
     assert pearsons[False] > 0.75, "the float32 model should have learned the planted grammar"
+    assert abs(pearsons[True] - pearsons[False]) <= 0.005, pearsons
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEMO.exists(), reason=f"real DREAM demo sample not present at {DEMO}")
+def test_bfloat16_stays_within_0_005_pearson_of_float32_on_the_dream_sample(tmp_path, float32_policy_after):
+    """The same protocol on the real sample: 6 Adam epochs shared, then one epoch (40 steps) of the seed's SGD
+    in each precision. Measured 0.0041 apart (0.0052 after two epochs): bfloat16 is 1.21x faster on this CPU."""
+    from data_prep.prepare import prepare
+
+    prepare(DEMO, tmp_path / "demo")
+    data = PreparedData.load(tmp_path / "demo")
+
+    def fit(training, epochs: int, seed: int) -> None:
+        for epoch in range(epochs):
+            batches = WindowBatches(data.codes, data.targets, data.train_index, 128, seed=seed + epoch)
+            training.fit(CodeBatches(batches), epochs=1, verbose=0, shuffle=False)
+
+    shared = precision_model(False, "adam", 2e-3)
+    fit(shared, 6, 0)
+    weights = shared.get_weights()
+    pearsons = {}
+    for mixed_precision in (False, True):
+        training = precision_model(mixed_precision, "sgd", 1e-2)
+        training.set_weights(weights)
+        fit(training, 1, 100)
+        pearsons[mixed_precision] = eval_pearson(training, data)
+    assert pearsons[False] > 0.3, "the float32 model should have learned something of the real data"
     assert abs(pearsons[True] - pearsons[False]) <= 0.005, pearsons
 
 
