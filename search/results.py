@@ -88,7 +88,9 @@ class TrialResult:
         return self.status == "done" and self.model_logged and math.isfinite(self.best_eval_pearson)
 
     def table_row(self) -> dict:
-        """Its row of the study's trials.csv."""
+        """Its row of the study's trials.csv (per-task columns named as the trial's MLflow metrics)."""
+        from search.trainable import task_metric
+
         figures = {
             f"{name}_{key}": getattr(getattr(self, name), key)
             for name in ("interval", "vs_baseline", "vs_legnet", "vs_kmer")
@@ -108,7 +110,7 @@ class TrialResult:
             "status": self.status,
             "reason": self.reason,
             **figures,
-            **{f"eval_pearson/{task}": value for task, value in self.task_pearsons.items()},
+            **{task_metric(task): value for task, value in self.task_pearsons.items()},
             **self.searched,
         }
 

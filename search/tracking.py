@@ -37,7 +37,7 @@ from data_prep.prepare import DataFacts
 from search import plots, serving
 from search.results import EnsembleResult, Registration, StudyResult
 from search.runtime import error_summary, trial_config, trial_number
-from search.trainable import BEST_MODEL_FILE, BEST_PREDICTIONS_FILE, STATE_FILE
+from search.trainable import BEST_MODEL_FILE, BEST_PREDICTIONS_FILE, STATE_FILE, task_metric
 
 EPOCH_METRICS = (
     "train_loss",
@@ -49,7 +49,7 @@ EPOCH_METRICS = (
     "epoch_seconds",
 )
 # Each task's eval Pearson, beside their mean, on data of several tasks (search.trainable.task_metric).
-TASK_METRIC_PREFIX = "eval_pearson/"
+TASK_METRIC_PREFIX = task_metric("")
 # MLflow's UI shows metrics under this prefix in a run's "System metrics" tab.
 SYSTEM_PREFIX = "system/"
 TRIAL_ID_TAG = "ray_trial_id"
