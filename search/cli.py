@@ -340,6 +340,41 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from search.explain import explain
+
+    explanation = explain(
+        args.model,
+        args.out,
+        data=args.data,
+        sequences=args.sequences,
+        n=args.n,
+        motifs_file=args.motifs,
+        tracking_uri=args.tracking_uri,
+        batch_size=args.batch_size,
+        progress=_progress_bar,
+    )
+    print_explanation(explanation)
+    return 0
+
+
+def print_explanation(explanation) -> None:
+    """What explain found and where it wrote it: a line per motif, the gradient check, the folder and the run."""
+    from search.explain import motif_lines
+
+    attributions = explanation.attributions
+    if attributions.agreement is not None:
+        agreement = ", ".join(f"{r:.2f}" for r in attributions.agreement)
+        print(f"gradient x input vs mutagenesis: median per-sequence r over positions {agreement}")
+    for note in explanation.notes:
+        print(note)
+    for line in motif_lines(explanation):
+        print(line)
+    print(f"wrote {explanation.out}/summary.html, motifs.tsv, attributions.npz and logos/")
+    if explanation.logged_to:
+        print(f"logged under explain/ in MLflow run {explanation.logged_to}")
+
+
 def study_name(args, kind: str) -> str:
     """The user's --name, or a fresh time-stamped one (a resume must name its study)."""
     if args.name:
@@ -452,7 +487,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, sequences=None) -> None:
+def add_model_arguments(
+    parser: argparse.ArgumentParser, sequences=None, sequences_help: str = "DREAM test file: SEQUENCE[<TAB>EXPRESSION] per line"
+) -> None:
     """--model, --sequences (on `sequences`, a group, when it has an alternative), --tracking-uri, --batch-size."""
     parser.add_argument(
         "--model",
@@ -460,7 +497,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, sequences=None) -> None
         help="an MLflow run id, models:/NAME/VERSION (e.g. a search's registered best) or a .keras file",
     )
     (sequences or parser).add_argument(
-        "--sequences", type=Path, required=sequences is None, help="DREAM test file: SEQUENCE[<TAB>EXPRESSION] per line"
+        "--sequences", type=Path, required=sequences is None, help=sequences_help
     )
     parser.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)"
@@ -685,6 +722,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--log-to", metavar="RUN_ID", help="log the scores as metrics of this MLflow run")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    from search.explain import DEFAULT_SEQUENCES
+
+    explain = commands.add_parser(
+        "explain",
+        help="what a model learned: mutagenesis and gradient maps, TF-MoDISco motifs named by TOMTOM, logos",
+        description="In-silico mutagenesis of every base of each sequence's window (through the model's own "
+        "windowing, strand averaging and ensemble weights), gradient x input checked against it, TF-MoDISco "
+        "motifs in the mutagenesis maps named by TOMTOM against --motifs (default: the planted synthetic "
+        "grammar; for DREAM data five real yeast motifs), and logos. Writes --out and logs it to the model's "
+        "MLflow run under explain/.",
+    )
+    source = explain.add_mutually_exclusive_group(required=True)
+    add_model_arguments(explain, sequences=source, sequences_help="sequences to explain: a DREAM-style file or a table with a header")
+    source.add_argument("--data", type=Path, help="a directory from `dream-hpo prepare`: explain a sample of its validation split")
+    explain.add_argument("--out", type=Path, required=True, help="output directory: new or empty")
+    explain.add_argument(
+        "--n", type=int, default=DEFAULT_SEQUENCES,
+        help="sequences to explain: a seeded sample of --data's validation split, or --sequences' first N (default: %(default)s)",
+    )
+    explain.add_argument("--motifs", type=Path, help="MEME-format motif file to name the patterns by (e.g. a JASPAR export)")
+    explain.set_defaults(handler=cmd_explain)
     return parser
 
 
@@ -697,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dream-hpo {args.command}: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a failure deep inside Keras or MLflow: its cause in one line, not its dump
-        if args.command not in ("predict", "evaluate"):
+        if args.command not in ("predict", "evaluate", "explain"):
             raise
         from search.predict import cause
 

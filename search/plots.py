@@ -1,7 +1,8 @@
-"""Every figure a study draws: a trial's training curve and fit, the search's Optuna plots. Files only; `search.tracking` logs them."""
+"""Every figure dream-hpo draws: a trial's training curve and fit, the search's Optuna plots, explain's logos. Files only."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -80,3 +81,40 @@ def optuna_figures(trials: list[dict], space: dict, directory) -> dict:
         figure.savefig(paths[name], dpi=110)
         plt.close(figure)
     return paths
+
+
+def _logo(axis, matrix: np.ndarray, start: int = 0) -> None:
+    """Letters A/C/G/T stacked by `matrix` `(width, 4)`; negative values below the axis."""
+    import logomaker
+    import pandas as pd
+
+    frame = pd.DataFrame(np.asarray(matrix, np.float64), columns=list("ACGT"), index=np.arange(start, start + len(matrix)))
+    logomaker.Logo(frame, ax=axis, color_scheme="classic")
+    axis.axhline(0, color="grey", linewidth=0.5)
+    for side in ("top", "right"):
+        axis.spines[side].set_visible(False)
+
+
+def motif_logo(contributions: np.ndarray, path: Path, title: str) -> None:
+    """A discovered pattern's contribution weight matrix as a sequence logo."""
+    figure, axis = plt.subplots(figsize=(max(3.0, 0.45 * len(contributions) + 1), 2.2))
+    _logo(axis, contributions)
+    axis.set_ylabel("contribution")
+    axis.set_title(textwrap.fill(title, 48), fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def attribution_logo(rows: list[tuple[str, np.ndarray]], path: Path, title: str, start: int = 0) -> None:
+    """One sequence's per-base attributions `(L, 4)` (the present base's share only), one panel per method."""
+    width = max(len(matrix) for _, matrix in rows)
+    figure, axes = plt.subplots(len(rows), 1, figsize=(max(6.0, 0.16 * width + 1), 1.9 * len(rows)), squeeze=False)
+    for axis, (label, matrix) in zip(axes[:, 0], rows):
+        _logo(axis, matrix, start)
+        axis.set_ylabel(label, fontsize="small")
+    axes[0, 0].set_title(title, fontsize="small")
+    axes[-1, 0].set_xlabel("position in the stored sequence (the window the model reads)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -153,7 +153,6 @@ def predict_file(
     `sequences` is a DREAM-style file (a sequence per line, perhaps a value after a tab)
     or a table with a header and one column of sequences.
     """
-    from data_prep.encoding import DREAM_LAYOUT
     from data_prep.submission import check_output_path, write_submission, write_task_predictions
 
     format = output_format(out, format)
@@ -167,21 +166,29 @@ def predict_file(
     check_store(model, tracking_uri)
     test = read_sequence_file(sequences, _stage(progress, f"read {Path(sequences).name}"))
     blend = load_blend(model, tracking_uri)
-    codes = test.codes
-    if blend.layout != DREAM_LAYOUT:
-        codes, fitted = blend.encode(test.sequences)
-        layout = blend.layout
-        notice(
-            f"read as the model's training data was stored, {layout.width} bases wide: "
-            f"{fitted.padded:,} sequences padded with N on the {layout.pad}, {fitted.trimmed:,} cut"
-            + (f" on the {layout.trim}" if fitted.trimmed else "")
-        )
+    codes = stored_codes(blend, test, notice)
     predictions = blend.predict(codes, batch_size, _stage(progress, "predict"))
     if blend.layout.preset == "dream" and len(blend.tasks) == 1:
         write_submission(out, test.sequences, predictions, format)
     else:
         write_task_predictions(out, test.sequences, predictions, blend.tasks, format)
     return len(predictions)
+
+
+def stored_codes(blend, test, notice: Callable[[str], None] = print):
+    """A sequence file's codes as the model's training data stored them; `notice` says what fitting them did."""
+    from data_prep.encoding import DREAM_LAYOUT
+
+    if blend.layout == DREAM_LAYOUT:
+        return test.codes
+    codes, fitted = blend.encode(test.sequences)
+    layout = blend.layout
+    notice(
+        f"read as the model's training data was stored, {layout.width} bases wide: "
+        f"{fitted.padded:,} sequences padded with N on the {layout.pad}, {fitted.trimmed:,} cut"
+        + (f" on the {layout.trim}" if fitted.trimmed else "")
+    )
+    return codes
 
 
 def read_sequence_file(path, progress=None):
@@ -272,12 +279,7 @@ def evaluate_prepared(
     client = _run_client(log_to, tracking_uri) if log_to else None
     blend = load_blend(model, tracking_uri)
     facts = data.facts
-    if (blend.layout, blend.tasks) != (facts.layout, facts.tasks):
-        raise ValueError(
-            f"--model {model} was trained on data stored {blend.layout.width} wide with tasks {list(blend.tasks)}; "
-            f"--data {data_dir} is stored {facts.layout.width} wide with tasks {list(facts.tasks)}: "
-            "score it on data prepared like its own"
-        )
+    check_fits_data(blend, facts, model, data_dir)
     rows = data.test_index if split == "test" else data.eval_index
     measured = data.read_test_targets() if split == "test" else data.targets[data.eval_index]
     predictions = blend.predict(data.codes[rows], batch_size, _stage(progress, "predict"))
@@ -285,6 +287,16 @@ def evaluate_prepared(
     if client is not None:
         log_scores(client, log_to, scores, challenge_file=False)
     return scores
+
+
+def check_fits_data(blend, facts, model: str, data_dir) -> None:
+    """Refuse a model whose training data was stored or labelled unlike the prepared `data_dir`."""
+    if (blend.layout, blend.tasks) != (facts.layout, facts.tasks):
+        raise ValueError(
+            f"--model {model} was trained on data stored {blend.layout.width} wide with tasks {list(blend.tasks)}; "
+            f"--data {data_dir} is stored {facts.layout.width} wide with tasks {list(facts.tasks)}: "
+            "use data prepared like its own"
+        )
 
 
 def log_scores(client, run_id: str, scores, challenge_file: bool = True) -> None:
