@@ -35,6 +35,7 @@ PAIRED_SUBSETS = {
     "motif_perturbation": ("motif_perturbation_seqs.csv", "motif_perturbation.csv"),
     "motif_tiling": ("motif_tiling_seqs.csv",),
 }
+PAIR_COLUMNS = ("alt_pos", "ref_pos")  # a paired subset's test indices: the variant's line, its reference's line
 PUBLIC_SINGLE_FILES = (
     "high_exp_indices.json",
     "low_exp_indices.json",
@@ -77,12 +78,12 @@ def read_subsets(directory, n_sequences: int, public_dir=None) -> ChallengeSubse
     for name, file_names in SINGLE_SUBSETS.items():
         path = _find(directory, file_names)
         if path is not None:
-            single[name] = np.unique(_read_index_columns(path, ("pos",), n_sequences)[:, 0])
+            single[name] = np.unique(read_index_columns(path, ("pos",), n_sequences)[:, 0])
     paired = {}
     for name, file_names in PAIRED_SUBSETS.items():
         path = _find(directory, file_names)
         if path is not None:
-            paired[name] = np.unique(_read_index_columns(path, ("alt_pos", "ref_pos"), n_sequences), axis=0)
+            paired[name] = np.unique(read_index_columns(path, PAIR_COLUMNS, n_sequences), axis=0)
     if not single and not paired:
         expected = [names[0] for names in (*SINGLE_SUBSETS.values(), *PAIRED_SUBSETS.values())]
         raise DreamFormatError(directory, f"no subset index files; expected some of {expected}")
@@ -124,8 +125,12 @@ def _find(directory: Path, file_names: tuple[str, ...]) -> Path | None:
     return next((directory / n for n in file_names if (directory / n).exists()), None)
 
 
-def _read_index_columns(path: Path, columns: tuple[str, ...], n_sequences: int) -> np.ndarray:
-    """`(rows, len(columns))` int64 indices from a CSV with a header naming `columns`."""
+def read_index_columns(path: Path, columns: tuple[str, ...], n_sequences: int) -> np.ndarray:
+    """`(rows, len(columns))` int64 indices, in file order, from a CSV with a header naming `columns`.
+
+    Every index is checked against `n_sequences`; `evaluate --subsets` and `predict --variants`
+    both read the organisers' files through here.
+    """
     try:
         with path.open(newline="") as stream:
             reader = csv.reader(stream)

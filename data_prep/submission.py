@@ -15,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -84,25 +84,38 @@ def write_task_predictions(
 ) -> Path:
     """Predictions of a table's model: TSV `sequence<TAB>TASK...` under a header line, or a JSON list of
     one object per sequence (`{"sequence": ..., TASK: value, ...}`), written atomically."""
+    predictions = np.asarray(predictions, dtype=np.float32).reshape(len(sequences), len(tasks))
+    values = {task: predictions[:, index] for index, task in enumerate(tasks)}
+    return write_table(path, {"sequence": sequences}, values, format, rows="sequences")
+
+
+def write_table(
+    path, text: dict[str, Sequence[str]], values: dict[str, np.ndarray], format: str = "tsv", rows: str = "rows"
+) -> Path:
+    """Text columns, then float32 value columns: TSV under a header line, or a JSON list of one object per row.
+
+    The one writer of predictions with named columns (per task, per variant), so every such
+    output refuses non-finite values (counted in `rows`) and is written atomically alike.
+    """
     import json
 
-    predictions = np.asarray(predictions, dtype=np.float32).reshape(len(sequences), len(tasks))
-    bad = ~np.isfinite(predictions).all(axis=1)
-    if bad.any():
-        raise ValueError(
-            f"the model predicted a non-finite value for {int(bad.sum()):,} sequences "
-            f"(first: row {int(np.argmax(bad)) + 1:,}); nothing written"
-        )
+    columns = {name: np.asarray(column, dtype=np.float32).reshape(-1) for name, column in values.items()}
+    if columns:
+        bad = ~np.isfinite(np.stack(list(columns.values()), axis=1)).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"the model predicted a non-finite value for {int(bad.sum()):,} {rows} "
+                f"(first: row {int(np.argmax(bad)) + 1:,}); nothing written"
+            )
     if format == "tsv":
-        rows = ("\t".join([sequence, *map(format_prediction, row)]) for sequence, row in zip(sequences, predictions))
-        text = "\t".join(["sequence", *tasks]) + "\n" + "".join(f"{row}\n" for row in rows)
+        shown = [list(column) for column in text.values()] + [list(map(format_prediction, c)) for c in columns.values()]
+        lines = ("\t".join(row) + "\n" for row in zip(*shown))
+        body = "\t".join([*text, *columns]) + "\n" + "".join(lines)
     else:
-        objects = [
-            {"sequence": sequence, **{task: float(value) for task, value in zip(tasks, row)}}
-            for sequence, row in zip(sequences, predictions)
-        ]
-        text = json.dumps(objects) + "\n"
-    return write_atomically(path, text)
+        names = [*text, *columns]
+        cells = [list(column) for column in text.values()] + [c.astype(float).tolist() for c in columns.values()]
+        body = json.dumps([dict(zip(names, row)) for row in zip(*cells)]) + "\n"
+    return write_atomically(path, body)
 
 
 def write_atomically(path, text: str) -> Path:

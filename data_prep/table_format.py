@@ -162,6 +162,90 @@ def read_table(
     )
 
 
+def read_header(path) -> tuple[str, ...]:
+    """The first line's column names, stripped and not yet checked: enough to tell two kinds of table apart."""
+    path = Path(path)
+    with _reading(path) as stream:
+        line = stream.readline().decode("utf-8-sig", "replace").rstrip("\r\n")
+    delimiter = _delimiter(line)
+    fields = next(csv.reader([line]), []) if delimiter == "," and '"' in line else line.split(delimiter)
+    return tuple(field.strip() for field in fields)
+
+
+def read_sequence_columns(
+    path, named: tuple[str | None, ...], roles: tuple[str, ...], flags: tuple[str, ...]
+) -> tuple[tuple[str, ...], dict[str, list[str]], tuple[str, ...]]:
+    """(header, every column as text, each role's column) of a table with several sequences a row.
+
+    A variant table holds a reference and an alternative per row. Role `i` is column
+    `named[i]`; else the column called `roles[i]` in any case; the roles still open take
+    the table's other columns of A/C/G/T/N strings, in file order, when there are exactly
+    as many. Problems raise `DreamFormatError` as `read_table`'s do, the nearest the top of
+    the file first; `flags[i]` is how the message says to choose role `i`.
+    """
+    path = Path(path)
+    given = [name for name in named if name is not None]
+    for name in dict.fromkeys(given):
+        if given.count(name) > 1:
+            both = " and ".join(flag.split()[0] for flag, other in zip(flags, named) if other == name)
+            raise DreamFormatError(path, f"{both} both name column {name!r}; a pair needs two columns")
+    rows = _split_rows(path, _read_text(path))
+    header, values = rows.header, rows.columns
+    for name, flag in zip(named, flags):
+        if name is not None and name not in values:
+            message = f"no column {name!r} ({flag.split()[0]}); the header has {_listed(header)}"
+            raise DreamFormatError(path, message, HEADER_LINE)
+    if not values[header[0]]:
+        if rows.problem:
+            raise _error(path, rows.problem)
+        raise DreamFormatError(path, "no data rows after the header")
+    chosen = list(named)
+    for index, role in enumerate(roles):
+        if chosen[index] is None:
+            matches = [name for name in header if name.lower() == role.lower() and name not in chosen]
+            if len(matches) > 1:
+                message = f"columns {_listed(matches)} could each be the {role}; choose with {flags[index]}"
+                raise DreamFormatError(path, message, HEADER_LINE)
+            chosen[index] = matches[0] if matches else None
+    open_roles = [index for index, name in enumerate(chosen) if name is None]
+    if open_roles:
+        misses = {name: _sequence_problem(name, values[name]) for name in header if name not in chosen}
+        found = [name for name, miss in misses.items() if miss is None]
+        if len(found) != len(open_roles):
+            if rows.problem:
+                raise _error(path, rows.problem)
+            raise _unchosen(path, [roles[i] for i in open_roles], [flags[i] for i in open_roles], found, misses)
+        if not "".join(found).encode("ascii", "replace").translate(None, VALID_BYTES):
+            message = f"the first line holds sequences ({_listed(found)}), not a header; add a line of column names"
+            raise DreamFormatError(path, message, HEADER_LINE)
+        for index, name in zip(open_roles, found):
+            chosen[index] = name
+    first = _first([rows.problem, *(_sequence_problem(name, values[name]) for name in chosen)])
+    if first:
+        raise _error(path, first)
+    return header, values, tuple(chosen)
+
+
+def _unchosen(
+    path: Path, roles: list[str], flags: list[str], found: list[str], misses: dict[str, _Problem | None]
+) -> DreamFormatError:
+    """Why the open roles took no columns of sequences: too many to choose from, or too few (the nearest miss shown)."""
+    named, choose = " or ".join(map(repr, roles)), " and ".join(flags)
+    if len(found) > len(roles):
+        return DreamFormatError(
+            path, f"no column is named {named} (any case), and {_listed(found)} all hold sequences; choose with "
+            + choose
+        )
+    nearest = max((miss for miss in misses.values() if miss), key=lambda miss: miss.line, default=None)
+    shown = nearest is not None and nearest.line > FIRST_ROW_LINE
+    hint = f"; the nearest is line {nearest.line:,}: {nearest.message}" if shown else ""
+    holding = f"only {_listed(found)} holds" if found else "no column holds"
+    return DreamFormatError(
+        path, f"no column is named {named} (any case), and {holding} A/C/G/T/N strings in every row{hint}; "
+        f"name them with {choose}"
+    )
+
+
 def _check_arguments(path, sequence_column, target_columns, split_column, validation_values, test_values):
     """The column choices among themselves, before the file is read."""
     for name in dict.fromkeys(target_columns):
@@ -217,7 +301,7 @@ def _split_rows(path: Path, text: str) -> _Rows:
     lines = text.split("\n")
     if not lines[0]:
         raise DreamFormatError(path, "the first line is empty; expected the header", HEADER_LINE)
-    delimiter = "\t" if "\t" in lines[0] else ","
+    delimiter = _delimiter(lines[0])
     problems = []
     if "" in lines:
         problems.append(_Problem(lines.index("") + 1, EMPTY_LINE))
@@ -243,6 +327,10 @@ def _split_rows(path: Path, text: str) -> _Rows:
     stop = width * (problem.line - 1 if problem else len(counts))
     columns = {name: fields[width + index : stop : width] for index, name in enumerate(header)}
     return _Rows(header, columns, delimiter, problem)
+
+
+def _delimiter(header_line: str) -> str:
+    return "\t" if "\t" in header_line else ","
 
 
 def _quoted_rows(lines: list[str]) -> tuple[list[list[str]], _Problem | None]:

@@ -255,6 +255,8 @@ def cmd_baseline(args) -> int:
     result = run_study(baseline_config(args, data_dir))
     print()
     print("\n".join(trial_table(result)))
+    if result.best and result.best.run_id:
+        print(f"its model: run {result.best.run_id} (--model for predict, evaluate and explain)")
     print_ui_hint(args)
     return 0 if result.best else 1
 
@@ -268,6 +270,7 @@ def cmd_search(args) -> int:
 
     space = load_space(args.space)  # refused before the embedded data set is made
     config = search_config(args, resolve_data(args, QUICK_SEARCH if args.quick else EMBEDDED), space)
+    explain_out = search_explain_out(args, config.name)
     result = run_study(config)
     print()
     print("\n".join(trial_table(result)))
@@ -286,13 +289,60 @@ def cmd_search(args) -> int:
         print(f"best model registered as {result.registered.best}")
     if result.ensemble:
         print(ensemble_line(result.ensemble, result.registered.ensemble))
+    if best and explain_out is not None:
+        explain_best(args, result, explain_out)
     print_ui_hint(args)
     return 0 if best else 1
 
 
-def cmd_predict(args) -> int:
-    from search.predict import predict_file
+def search_explain_out(args, name: str) -> Path | None:
+    """Where the search's end explains its best model (NAME-explain), checked before the study starts; None with --explain 0."""
+    from search.explain import check_count, check_out
 
+    if args.explain == 0:
+        return None
+    check_count(args.explain)
+    try:
+        return check_out(Path(f"{name}-explain"))
+    except ValueError as error:
+        raise ValueError(f"{error}; move it, or give --explain 0") from None
+
+
+def explain_best(args, result, out: Path) -> None:
+    """Explain the best trial's model on a sample of validation sequences, logged to the study's parent run."""
+    from search.explain import explain
+
+    best = result.registered.best or f"runs:/{result.best.run_id}/model"
+    print()
+    explanation = explain(
+        best, out, data=result.data_dir, n=args.explain, tracking_uri=args.tracking_uri,
+        progress=_progress_bar, notice=lambda line: print(f"best model {best}: {line}"), log_to=result.parent_run_id,
+    )
+    print_explanation(explanation)
+
+
+def cmd_predict(args) -> int:
+    from search.predict import predict_file, predict_variants
+
+    if args.variants is not None:
+        count = predict_variants(
+            args.model,
+            args.variants,
+            args.out,
+            sequences=args.sequences,
+            ref_column=args.ref_column,
+            alt_column=args.alt_column,
+            format=args.format,
+            tracking_uri=args.tracking_uri,
+            batch_size=args.batch_size,
+            progress=_progress_bar,
+        )
+        print(f"wrote {count:,} variant effects to {args.out}")
+        return 0
+    if args.ref_column or args.alt_column:
+        raise ValueError("--ref-column and --alt-column choose the columns of --variants PAIRS; give --variants")
+    if args.sequences is None:
+        raise ValueError("the following arguments are required: --sequences (or --variants PAIRS)")
     count = predict_file(
         args.model,
         args.sequences,
@@ -510,6 +560,8 @@ def add_model_arguments(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from search.explain import DEFAULT_SEQUENCES
+
     parser = argparse.ArgumentParser(
         prog="dream-hpo",
         description="Hyperparameter search for the DREAM 2022 mini-Enformer on Ray Tune, Optuna and MLflow.",
@@ -676,6 +728,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="once the search has chosen, train the best and the baseline configs with K more seeds and report "
         f"each seed's test r, mean and sd (default: {CONFIRM_SEEDS} for {CONFIRM_FROM_TRIALS} trials or more, else 0)",
     )
+    search.add_argument(
+        "--explain",
+        type=int,
+        default=DEFAULT_SEQUENCES,
+        metavar="N",
+        help="explain the best model on N validation sequences when the search ends: motifs and logos in "
+        "NAME-explain/ and the parent run's explain/ (default: %(default)s; 0 turns it off)",
+    )
     search.add_argument("--best-config", type=Path, help="where to write the best config (default: NAME-best_config.json)")
     search.add_argument(
         "--quick",
@@ -692,10 +752,31 @@ def build_parser() -> argparse.ArgumentParser:
         "zeros), predict in batches and write the final-phase TSV (sequence<TAB>prediction, input order) "
         "or the leaderboard JSON ({\"index\": prediction}).",
     )
-    add_model_arguments(predict)
+    predicted = predict.add_argument_group("what to predict (--sequences, --variants PAIRS, or both)")
+    add_model_arguments(predict, sequences=predicted)
     predict.add_argument("--out", type=Path, required=True, help="submission file to write (replaced atomically)")
     predict.add_argument(
         "--format", choices=["tsv", "json"], help="submission format (default: json for a .json --out, else tsv)"
+    )
+    predicted.add_argument(
+        "--variants",
+        type=Path,
+        metavar="PAIRS",
+        help="a table of ref and alt sequences (header; tab or comma; plain or .gz; other columns carried), or with "
+        "--sequences a challenge subset CSV of its lines (alt_pos, ref_pos): write ref_TASK, alt_TASK and "
+        "delta_TASK (alt - ref) per pair, not a submission",
+    )
+    predicted.add_argument(
+        "--ref-column",
+        metavar="NAME",
+        help="with --variants PAIRS: the reference sequences (default: the column named ref, any case; else the "
+        "first of the table's two sequence columns)",
+    )
+    predicted.add_argument(
+        "--alt-column",
+        metavar="NAME",
+        help="with --variants PAIRS: the variant sequences (default: the column named alt, any case; else the "
+        "second of the two)",
     )
     predict.set_defaults(handler=cmd_predict)
 
@@ -722,8 +803,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--log-to", metavar="RUN_ID", help="log the scores as metrics of this MLflow run")
     evaluate.set_defaults(handler=cmd_evaluate)
-
-    from search.explain import DEFAULT_SEQUENCES
 
     explain = commands.add_parser(
         "explain",

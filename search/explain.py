@@ -141,8 +141,12 @@ def explain(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress=None,
     notice: Callable[[str], None] = print,
+    log_to: str | None = None,
 ) -> Explanation:
-    """`dream-hpo explain`: every input checked before the model loads, then `explain_blend` and the MLflow log."""
+    """`dream-hpo explain`: every input checked before the model loads, then `explain_blend` and the MLflow log.
+
+    The folder is logged to `log_to` (a search's parent run) or else to the run that logged the model.
+    """
     from data_prep.motif_files import read_meme
     from model.inference import check_batch_size
     from search.predict import check_fits_data, check_store, load_blend, read_sequence_file, resolve_model, stored_codes
@@ -174,7 +178,7 @@ def explain(
         blend, codes, out, motif_set(motifs_file, blend.layout.preset == "dream", blend.tasks), batch_size,
         progress("in-silico mutagenesis") if progress else None,
     )
-    run_id = model_run(model, tracking_uri)
+    run_id = log_to or model_run(model, tracking_uri)
     if run_id:
         log_explanation(run_id, out, tracking_uri)
         explanation = Explanation(**{**explanation.__dict__, "logged_to": run_id})
@@ -338,6 +342,6 @@ def _write_summary(explanation: Explanation, logos: list[tuple[str, Path]], path
     parts.append("</table>")
     for caption, logo in logos:
         data = base64.b64encode(logo.read_bytes()).decode()
-        parts.append(f"<h4>{html.escape(caption)}</h4><img src='data:image/png;base64,{data}'>")
+        parts.append(f"<h4>{html.escape(caption)}</h4><img style='max-width:100%' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -97,6 +97,11 @@ def _logo(axis, matrix: np.ndarray, start: int = 0) -> None:
 
 def motif_logo(contributions: np.ndarray, path: Path, title: str) -> None:
     """A discovered pattern's contribution weight matrix as a sequence logo."""
+    with plt.style.context("default"):  # Optuna's figures switch the process to ggplot's grey
+        _motif_logo(contributions, path, title)
+
+
+def _motif_logo(contributions: np.ndarray, path: Path, title: str) -> None:
     figure, axis = plt.subplots(figsize=(max(3.0, 0.45 * len(contributions) + 1), 2.2))
     _logo(axis, contributions)
     axis.set_ylabel("contribution")
@@ -108,6 +113,11 @@ def motif_logo(contributions: np.ndarray, path: Path, title: str) -> None:
 
 def attribution_logo(rows: list[tuple[str, np.ndarray]], path: Path, title: str, start: int = 0) -> None:
     """One sequence's per-base attributions `(L, 4)` (the present base's share only), one panel per method."""
+    with plt.style.context("default"):
+        _attribution_logo(rows, path, title, start)
+
+
+def _attribution_logo(rows: list[tuple[str, np.ndarray]], path: Path, title: str, start: int) -> None:
     width = max(len(matrix) for _, matrix in rows)
     figure, axes = plt.subplots(len(rows), 1, figsize=(max(6.0, 0.16 * width + 1), 1.9 * len(rows)), squeeze=False)
     for axis, (label, matrix) in zip(axes[:, 0], rows):

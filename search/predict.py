@@ -153,14 +153,10 @@ def predict_file(
     `sequences` is a DREAM-style file (a sequence per line, perhaps a value after a tab)
     or a table with a header and one column of sequences.
     """
-    from data_prep.submission import check_output_path, write_submission, write_task_predictions
+    from data_prep.submission import write_submission, write_task_predictions
 
     format = output_format(out, format)
-    check_output_path(out)
-    if Path(out).exists() and Path(sequences).exists() and os.path.samefile(out, sequences):
-        raise ValueError(
-            f"--out {out} is the --sequences file; give another file name, predict never overwrites its input"
-        )
+    check_output(out, {"--sequences": sequences})
     check_batch_size(batch_size)
     model = resolve_model(model)
     check_store(model, tracking_uri)
@@ -173,6 +169,76 @@ def predict_file(
     else:
         write_task_predictions(out, test.sequences, predictions, blend.tasks, format)
     return len(predictions)
+
+
+def predict_variants(
+    model: str,
+    variants,
+    out,
+    sequences=None,
+    ref_column: str | None = None,
+    alt_column: str | None = None,
+    format: str | None = None,
+    tracking_uri: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None,
+    notice: Callable[[str], None] = print,
+) -> int:
+    """Write each pair's predictions and their difference (alt - ref) per task to `out`; returns the pairs' number.
+
+    `variants` is a table of ref and alt sequences or, with `sequences` (a test file read as
+    `predict_file` reads it), a challenge subset CSV naming pairs of its lines. Rows keep the
+    input order: carried columns, `ref`, `alt`, then `ref_TASK`, `alt_TASK`, `delta_TASK` per
+    task. Each distinct sequence is predicted once: an SNV set repeats its reference per variant.
+    """
+    from data_prep.encoding import encode_sequences
+    from data_prep.submission import SequenceFile, write_table
+    from data_prep.variant_pairs import ROLES, check_subset_file, read_pairs_table, read_subset_pairs
+
+    format = output_format(out, format)
+    check_output(out, {"--variants": variants, "--sequences": sequences})
+    if sequences is not None and (ref_column or alt_column):
+        raise ValueError(
+            "--ref-column and --alt-column name columns of a table of sequences; with --sequences, "
+            "--variants is a challenge subset CSV, whose pairs are its alt_pos and ref_pos lines"
+        )
+    check_batch_size(batch_size)
+    model = resolve_model(model)
+    check_store(model, tracking_uri)
+    if sequences is None:
+        pairs = read_pairs_table(variants, ref_column, alt_column)
+    else:
+        check_subset_file(variants)
+        test = read_sequence_file(sequences, _stage(progress, f"read {Path(sequences).name}"))
+        pairs = read_subset_pairs(variants, test.sequences)
+    distinct = list(dict.fromkeys(pairs.ref + pairs.alt))
+    notice(f"{len(pairs.ref):,} pairs, {len(distinct):,} distinct sequences to predict")
+    blend = load_blend(model, tracking_uri)
+    codes = stored_codes(blend, SequenceFile(distinct, encode_sequences(distinct), None), notice)
+    predicted = blend.predict(codes, batch_size, _stage(progress, "predict"))
+    predicted = predicted.reshape(len(distinct), len(blend.tasks))
+    row_of = {sequence: row for row, sequence in enumerate(distinct)}
+    ref = predicted[[row_of[sequence] for sequence in pairs.ref]]
+    alt = predicted[[row_of[sequence] for sequence in pairs.alt]]
+    values = {}
+    for index, task in enumerate(blend.tasks):
+        values[f"ref_{task}"], values[f"alt_{task}"] = ref[:, index], alt[:, index]
+        values[f"delta_{task}"] = alt[:, index] - ref[:, index]
+    text = {**dict(pairs.carried), **dict(zip(ROLES, (pairs.ref, pairs.alt)))}
+    write_table(out, text, values, format, rows="pairs")
+    return len(pairs.ref)
+
+
+def check_output(out, inputs: dict) -> None:
+    """Refuse an output that cannot be written or is one of the inputs (by name or through a link), before any work."""
+    from data_prep.submission import check_output_path
+
+    check_output_path(out)
+    for flag, given in inputs.items():
+        if given is not None and Path(out).exists() and Path(given).exists() and os.path.samefile(out, given):
+            raise ValueError(
+                f"--out {out} is the {flag} file; give another file name, predict never overwrites its input"
+            )
 
 
 def stored_codes(blend, test, notice: Callable[[str], None] = print):

@@ -226,6 +226,7 @@ class StudyResult:
     reference_test: Interval | None = None  # the k-mer reference on the test split
     seeds: tuple[SeedSpread, ...] = ()  # --confirm-seeds: the best and baseline configs over more seeds
     tasks: tuple[str, ...] = ()  # the data's target columns; eval r is their mean when there are several
+    parent_run_id: str | None = None  # the search's MLflow parent run (None for a baseline)
 
     @property
     def best(self) -> TrialResult | None:

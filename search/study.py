@@ -93,7 +93,7 @@ def run_study(config: StudyConfig, progress=print) -> results.StudyResult:
             runs.fail_parent(parent_run_id, f"{type(error).__name__}: {error}", "KILLED" if interrupted else "FAILED")
         raise
     runs.close_open_runs("KILLED")
-    return replace(study, registered=registered)
+    return replace(study, registered=registered, parent_run_id=parent_run_id)
 
 
 def run_config(config: StudyConfig, name: str, callbacks: list):

@@ -98,7 +98,7 @@ def test_cluster_yaml_opens_only_ssh_keeps_trials_off_the_head_and_mlflow_privat
     assert "--serve-artifacts" in options and options["--artifacts-destination"].startswith("s3://")
     # MLflow's login is on; its password is made on the head (tests/test_autoscaler.py runs that command).
     assert options["--app-name"] == "basic-auth"
-    assert any('"$HOME/dream-hpo[cluster]"' in command for command in config["head_setup_commands"])
+    assert any('"$HOME/dream-hpo[cluster,explain]"' in command for command in config["head_setup_commands"])
     assert "PASSWORD=$password" in " ".join(config["head_setup_commands"])
 
 

@@ -200,7 +200,9 @@ def last_run(uri: str):
 
 
 @pytest.mark.slow
-def test_a_starr_table_with_two_tasks_learns_both_predicts_a_column_per_task_and_serves_the_same(tmp_path, monkeypatch):
+def test_a_starr_table_with_two_tasks_learns_both_predicts_a_column_per_task_serves_the_same_and_shows_its_motifs(
+    tmp_path, monkeypatch, capsys
+):
     import mlflow
     import pandas as pd
 
@@ -228,6 +230,18 @@ def test_a_starr_table_with_two_tasks_learns_both_predicts_a_column_per_task_and
     frame = served.predict(pd.DataFrame({"sequence": ["ACGTACGTAC", "ACGT" * 60]}))
     assert list(frame.columns) == tasks
     np.testing.assert_allclose(frame.to_numpy(), [[float(v) for v in r.split("\t")[1:]] for r in rows], rtol=1e-5)
+
+    # What it learned, per task, against each task's own planted motifs.
+    capsys.readouterr()
+    assert main(["explain", "--model", run.info.run_id, "--data", "data", "--out", "learned", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    arrays = np.load(tmp_path / "learned" / "attributions.npz")
+    assert arrays["mutagenesis"].shape == (400, 249, 4, 2) and list(arrays["tasks"]) == tasks
+    for task in tasks:
+        [line] = [line for line in out.splitlines() if f"planted motifs recovered for {task}:" in line]
+        assert int(line.split(":")[1].split()[0]) >= 1, out
+    patterns = [row.split("\t") for row in (tmp_path / "learned" / "motifs.tsv").read_text().splitlines()[1:]]
+    assert {p[0] for p in patterns} <= set(tasks) and all(p[5].startswith("starr:") for p in patterns if p[5])
 
 
 @pytest.mark.slow
