@@ -297,13 +297,14 @@ def cmd_search(args) -> int:
 
 def search_explain_out(args, name: str) -> Path | None:
     """Where the search's end explains its best model (NAME-explain), checked before the study starts; None with --explain 0."""
-    from search.explain import check_count, check_out
+    from search.explain import check_out
 
     if args.explain == 0:
         return None
-    check_count(args.explain)
+    if args.explain < 0:
+        raise ValueError(f"--explain {args.explain}: give the number of validation sequences to explain, or 0 to skip it")
     try:
-        return check_out(Path(f"{name}-explain"))
+        return check_out(Path(f"{name}-explain"), "--explain's folder")
     except ValueError as error:
         raise ValueError(f"{error}; move it, or give --explain 0") from None
 

@@ -65,12 +65,12 @@ class Explanation:
         return recovered([p for p in self.patterns if p.task == task], self.motif_set.expected[task])
 
 
-def check_out(out) -> Path:
+def check_out(out, name: str = "--out") -> Path:
     """`--out` must be new or an empty directory: explain never replaces what it did not write."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "a file" if not out.is_dir() else "a directory that is not empty"
-        raise ValueError(f"--out {out} is {what}; explain writes into a new or empty directory")
+        raise ValueError(f"{name} {out} is {what}; explain writes into a new or empty directory")
     return out
 
 

@@ -181,7 +181,8 @@ class AutoscalingHead:
             "--experiment", EXPERIMENT, "--tracking-uri", self.tracking_uri,
             "--storage-path", str(self.shared / "ray_results"), "--shared-storage",
             "--space", str(space), "--num-trials", "2", "--max-concurrent", "2", "--scheduler", "none",
-            "--max-epochs", "2", "--batch-size", str(TINY["batch_size"]), "--no-legnet-reference", *tiny, *extra,
+            "--max-epochs", "2", "--batch-size", str(TINY["batch_size"]), "--no-legnet-reference", "--explain", "0",
+            *tiny, *extra,
         ]
 
     def runs(self, study: str):

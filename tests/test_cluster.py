@@ -440,7 +440,7 @@ def test_local_storage_is_refused_on_the_cluster_before_anything_starts(cluster,
 def test_search_trials_run_on_both_workers_and_log_to_the_mlflow_server(cluster, tmp_path):
     command = cluster.dream_hpo("search", "spread", "--space", str(write_space(tmp_path)), "--num-trials", "2",
                                 "--max-concurrent", "2", "--scheduler", "none", "--max-epochs", "2",
-                                "--no-legnet-reference")
+                                "--no-legnet-reference", "--explain", "100")
     assert subprocess.run(command, cwd=tmp_path, env=cluster.env, timeout=600).returncode == 0
 
     results = trial_results(cluster.storage / "spread")
@@ -458,6 +458,10 @@ def test_search_trials_run_on_both_workers_and_log_to_the_mlflow_server(cluster,
         assert child.info.artifact_uri.startswith("mlflow-artifacts:")
         assert "plots/training_curve.png" in {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
         assert any(child.info.run_id in path.parts for path in stored)
+    # The driver explained the best model and logged the folder to the parent run through the server.
+    assert (tmp_path / "spread-explain" / "summary.html").is_file()
+    explained = {a.path for a in client.list_artifacts(parent.info.run_id, "explain")}
+    assert {"explain/motifs.tsv", "explain/summary.html", "explain/attributions.npz"} <= explained
 
 
 @pytest.mark.slow
@@ -498,7 +502,7 @@ def test_trial_on_a_lost_worker_resumes_from_its_checkpoint_on_the_other(cluster
 def test_killed_driver_resumes_the_search_with_one_run_per_trial(cluster, tmp_path):
     command = cluster.dream_hpo("search", "driver-lost", "--space", str(write_space(tmp_path)), "--num-trials", "3",
                                 "--max-concurrent", "2", "--scheduler", "none", "--max-epochs", "2",
-                                "--register-as", "driver-lost-best", "--no-legnet-reference")
+                                "--register-as", "driver-lost-best", "--no-legnet-reference", "--explain", "0")
     experiment = cluster.storage / "driver-lost"
     driver = subprocess.Popen(command, cwd=tmp_path, env=cluster.env)
     try:

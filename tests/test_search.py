@@ -353,7 +353,7 @@ def test_killed_search_resumes_with_one_mlflow_run_per_trial(tmp_path, search_da
         "--experiment", "tests", "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "ray_results"),
         "--space", str(space_file), "--num-trials", "4", "--max-concurrent", "2", "--gpus-per-trial", "0",
         "--scheduler", "none", "--max-epochs", "3", "--batch-size", "64", "--set", "jit_compile=false", "--register-as", "killed-best",
-        "--no-legnet-reference",
+        "--no-legnet-reference", "--explain", "0",
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     MlflowClient(tracking_uri).search_experiments()  # create the store's tables before two processes race to

@@ -207,6 +207,23 @@ def test_bad_storage_is_refused_before_ray_starts_or_the_kmer_reference_is_fitte
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
+def test_a_search_whose_explain_folder_holds_files_is_refused_before_ray_starts(tmp_path, tiny_data):
+    (tmp_path / "s-explain").mkdir()
+    (tmp_path / "s-explain" / "notes.txt").write_text("mine")
+    result = cli(tmp_path, "search", "--data", str(tiny_data), "--name", "s", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "dream-hpo search: error: --explain's folder s-explain is a directory that is not empty; "
+        "explain writes into a new or empty directory; move it, or give --explain 0"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s-explain"]
+    assert (tmp_path / "s-explain" / "notes.txt").read_text() == "mine"
+    result = cli(tmp_path, "search", "--data", str(tiny_data), "--name", "s", "--explain", "-1", timeout=120)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "dream-hpo search: error: --explain -1: give the number of validation sequences to explain, or 0 to skip it"
+    )
+
+
 def test_a_baseline_outside_the_space_and_a_non_dataset_are_refused_first(tmp_path, tiny_data):
     space = tmp_path / "space.yaml"
     space.write_text("learning_rate: {type: float, low: 0.02, high: 0.1}\n")
