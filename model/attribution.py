@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from data_prep.encoding import N_CODE, one_hot
+from data_prep.encoding import one_hot
 from model.inference import DEFAULT_BATCH_SIZE, Blend, check_batch_size
 
 NUM_BASES = 4
@@ -181,17 +181,21 @@ def attribute(
     codes: np.ndarray,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[Attributions, str | None]:
+) -> tuple[Attributions, tuple[str, ...]]:
     """Mutagenesis and, where the model allows, gradient x input, for codes stored in `blend.layout`.
 
-    Returns the arrays and, when gradients could not be taken, the reason in one line.
+    Returns the arrays and one line for each thing a reader should know about them:
+    why gradients were not taken, or how little of an ensemble they cover.
     """
     effects, predictions = mutagenesis(blend, codes, batch_size, progress)
     window_codes = np.asarray(codes)[:, window_positions(blend)].astype(np.uint8)
-    window_codes = np.minimum(window_codes, N_CODE)
     try:
         gradients = gradient_x_input(blend, codes)
     except ValueError as reason:
-        return Attributions(window_codes, predictions, effects, None, None), str(reason)
+        return Attributions(window_codes, predictions, effects, None, None), (f"gradient x input left out: {reason}",)
     agreement = positional_agreement(importance(effects, window_codes), importance(gradients, window_codes))
-    return Attributions(window_codes, predictions, effects, gradients, agreement), None
+    share = keras_share(blend)
+    notes = () if share == 1 else (
+        f"gradient x input covers the Keras members, {share:.0%} of the blend; the k-mer member has no gradient",
+    )
+    return Attributions(window_codes, predictions, effects, gradients, agreement), notes

@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -110,12 +110,12 @@ def explain_blend(
     progress: Callable[[int, int], None] | None = None,
 ) -> Explanation:
     """Attributions, motifs and files for `codes` (stored in the blend's layout); `out` checked by the caller."""
+    from data_prep.encoding import one_hot
     from model.attribution import attribute, hypothetical
     from model.motifs import discover, missing_packages, name_patterns
-    from data_prep.encoding import one_hot
 
-    attributions, gradient_note = attribute(blend, codes, batch_size, progress)
-    notes = [f"gradient x input left out: {gradient_note}"] if gradient_note else []
+    attributions, notes = attribute(blend, codes, batch_size, progress)
+    notes = list(notes)
     patterns = []
     missing = missing_packages()
     if missing:
@@ -181,7 +181,7 @@ def explain(
     run_id = log_to or model_run(model, tracking_uri)
     if run_id:
         log_explanation(run_id, out, tracking_uri)
-        explanation = Explanation(**{**explanation.__dict__, "logged_to": run_id})
+        explanation = replace(explanation, logged_to=run_id)
     return explanation
 
 

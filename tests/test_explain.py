@@ -59,6 +59,10 @@ def test_mutagenesis_equals_predicting_every_mutated_sequence_in_small_batches(t
     assert (effects[0, 40, :, 0] != 0).all()  # the N was set to all four bases
     assert np.count_nonzero(effects[1, 0, :, 0]) == 3  # elsewhere, the base present has no effect
 
+    # The ensemble's gradient is its members', weighted as its predictions are.
+    each = [gradient_x_input(Blend(models=(m,), weights=(1.0,)), codes) for m in tiny_models]
+    np.testing.assert_allclose(gradient_x_input(blend, codes), (2 * each[0] + each[1]) / 3, rtol=1e-4, atol=1e-7)
+
 
 def motif_detector(motif: str):
     """A model that counts `motif` in the window: a conv matching it exactly, ReLU, a sum."""
@@ -97,9 +101,9 @@ def test_a_model_reading_the_plasmid_padded_sequence_gets_mutagenesis_and_a_reas
 
     inputs = keras.Input((150, 4))
     plasmid = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(inputs)))
-    attributions, reason = attribute(Blend(models=(plasmid,), weights=(1.0,)), random_codes(2, seed=3))
+    attributions, [note] = attribute(Blend(models=(plasmid,), weights=(1.0,)), random_codes(2, seed=3))
     assert attributions.mutagenesis.shape == (2, WINDOW_LENGTH, 4, 1) and attributions.gradients is None
-    assert "reads (150, 4)" in reason
+    assert note.startswith("gradient x input left out: ") and "reads (150, 4)" in note
 
 
 def test_meme_files_round_trip_and_bad_lines_are_named(tmp_path):
