@@ -32,7 +32,7 @@ DEFAULT_SEQUENCES = 500
 ARTIFACT_DIR = "explain"
 # Sequences drawn as attribution logos: the highest predicted of each task.
 LOGO_SEQUENCES = 3
-SPLIT_SEED = 0
+SAMPLE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,12 @@ def check_count(n: int) -> int:
     return n
 
 
-def motif_set(motifs_file, dream: bool, tasks: tuple[str, ...]) -> MotifSet:
-    """The user's MEME file, else the planted grammar (with what each task should find when a generator made the data)."""
-    from data_prep.motif_files import expected_motifs, planted_motifs, read_meme
+def motif_set(user: MotifSet | None, dream: bool, tasks: tuple[str, ...]) -> MotifSet:
+    """The user's motifs, else the planted grammar (with what each task should find when a generator made the data)."""
+    from data_prep.motif_files import expected_motifs, planted_motifs
 
-    if motifs_file is not None:
-        return MotifSet(read_meme(motifs_file), str(motifs_file))
+    if user is not None:
+        return user
     expected = expected_motifs(dream, tasks)
     planted = planted_motifs()
     if expected is None:
@@ -98,7 +98,7 @@ def sample_rows(total: int, n: int) -> np.ndarray:
     """`n` of `total` rows, drawn once with a fixed seed and sorted, so a rerun explains the same sequences."""
     if n >= total:
         return np.arange(total)
-    return np.sort(np.random.default_rng(SPLIT_SEED).choice(total, n, replace=False))
+    return np.sort(np.random.default_rng(SAMPLE_SEED).choice(total, n, replace=False))
 
 
 def explain_blend(
@@ -108,6 +108,7 @@ def explain_blend(
     motifs: MotifSet,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[int, int], None] | None = None,
+    notice: Callable[[str], None] = print,
 ) -> Explanation:
     """Attributions, motifs and files for `codes` (stored in the blend's layout); `out` checked by the caller."""
     from data_prep.encoding import one_hot
@@ -121,6 +122,7 @@ def explain_blend(
     if missing:
         notes.append(f"motif discovery left out: install {' and '.join(missing)} (pip install 'dream-hpo[explain]')")
     else:
+        notice(f"finding motifs with TF-MoDISco, named by TOMTOM against {motifs.source}")
         windows = one_hot(attributions.window_codes)
         for task_index, task in enumerate(blend.tasks):
             found = discover(windows, hypothetical(attributions.mutagenesis)[..., task_index], task)
@@ -156,8 +158,7 @@ def explain(
     check_batch_size(batch_size)
     if (data is None) == (sequences is None):
         raise ValueError("give the sequences to explain: --data DIR (its validation split) or --sequences FILE")
-    if motifs_file is not None:
-        read_meme(motifs_file)
+    user_motifs = MotifSet(read_meme(motifs_file), str(motifs_file)) if motifs_file is not None else None
     model = resolve_model(model)
     check_store(model, tracking_uri)
     if data is not None:
@@ -175,8 +176,8 @@ def explain(
         codes = stored_codes(blend, read, notice)[:n]
         notice(f"explaining the first {len(codes):,} of the {len(read.sequences):,} sequences of {sequences}")
     explanation = explain_blend(
-        blend, codes, out, motif_set(motifs_file, blend.layout.preset == "dream", blend.tasks), batch_size,
-        progress("in-silico mutagenesis") if progress else None,
+        blend, codes, out, motif_set(user_motifs, blend.layout.preset == "dream", blend.tasks), batch_size,
+        progress("in-silico mutagenesis") if progress else None, notice,
     )
     run_id = log_to or model_run(model, tracking_uri)
     if run_id:

@@ -64,17 +64,20 @@ def test_mutagenesis_equals_predicting_every_mutated_sequence_in_small_batches(t
     np.testing.assert_allclose(gradient_x_input(blend, codes), (2 * each[0] + each[1]) / 3, rtol=1e-4, atol=1e-7)
 
 
-def motif_detector(motif: str):
-    """A model that counts `motif` in the window: a conv matching it exactly, ReLU, a sum."""
+def motif_detector(motif: str, background: float = 0.0):
+    """A model that counts `motif` in the window (a conv matching it exactly, ReLU, a sum), plus a weak random linear term."""
     import keras
 
     kernel = np.zeros((len(motif), 4, 1), np.float32)
     kernel[np.arange(len(motif)), ["ACGT".index(b) for b in motif], 0] = 1.0
     inputs = keras.Input((WINDOW_LENGTH, 4))
-    conv, total = keras.layers.Conv1D(1, len(motif)), keras.layers.Dense(1)
-    outputs = total(keras.layers.GlobalAveragePooling1D()(keras.layers.ReLU()(conv(inputs))))
+    conv, total, linear = keras.layers.Conv1D(1, len(motif)), keras.layers.Dense(1), keras.layers.Dense(1)
+    counted = total(keras.layers.GlobalAveragePooling1D()(keras.layers.ReLU()(conv(inputs))))
+    outputs = keras.layers.Add()([counted, linear(keras.layers.Flatten()(inputs))])
     conv.set_weights([kernel, np.array([1.0 - len(motif)], np.float32)])
-    total.set_weights([np.ones((1, 1), np.float32), np.zeros(1, np.float32)])
+    total.set_weights([np.full((1, 1), WINDOW_LENGTH - len(motif) + 1, np.float32), np.zeros(1, np.float32)])
+    weights = np.random.default_rng(0).normal(0, background, (WINDOW_LENGTH * 4, 1)).astype(np.float32)
+    linear.set_weights([weights, np.zeros(1, np.float32)])
     return keras.Model(inputs, outputs)
 
 
@@ -255,3 +258,27 @@ def test_a_trained_model_recovers_the_planted_motifs_with_their_signs_and_random
     assert main(["explain", "--model", str(untrained), "--data", data, "--out", "untrained", "--n", "1000"]) == 0
     assert recovered_motifs(motif_rows(tmp_path / "untrained" / "motifs.tsv")) == {}
     assert "planted motifs recovered: 0 of 5" in capsys.readouterr().out
+
+
+def test_explain_names_patterns_by_the_users_meme_file_for_a_keras_file_and_a_sequence_file(tmp_path, capsys):
+    """A Reb1 counter on 300 sequences, half holding Reb1: the pattern found is named by the user's motif, not a planted one."""
+    from data_prep.encoding import decode
+
+    codes = random_codes(300, seed=7)
+    for row in range(0, 300, 2):
+        start = WINDOW_START + 5 + (row * 7) % 60
+        codes[row, start : start + len(REB1)] = ["ACGT".index(b) for b in REB1]
+    codes[:2] = np.random.default_rng(8).integers(0, 4, size=(2, codes.shape[1]))  # no N: a plain sequence file
+    (tmp_path / "seqs.txt").write_text("".join(decode(row) + "\n" for row in codes))
+    model = save_model(motif_detector(REB1, background=0.05), tmp_path / "reb1.keras")
+    user = {"MA0363.2 REB1": consensus_matrix("TTACCCGG"), "MA0359.2 RAP1": consensus_matrix("ACACCCATACAT")}
+    write_meme(tmp_path / "jaspar.meme", user)
+    args = ["explain", "--model", str(model), "--sequences", str(tmp_path / "seqs.txt"), "--out", str(tmp_path / "out"),
+            "--motifs", str(tmp_path / "jaspar.meme"), "--n", "300"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "explaining the first 300 of the 300 sequences" in out and "TOMTOM against " + str(tmp_path / "jaspar.meme") in out
+    rows = motif_rows(tmp_path / "out" / "motifs.tsv")
+    assert rows and rows[0]["best_match"] == "MA0363.2 REB1" and rows[0]["sign"] == "+" and float(rows[0]["q_value"]) < 0.05
+    assert "planted motifs recovered" not in out  # a user's set has no expectations
+    assert "logged under explain/" not in out  # a .keras file has no MLflow run
