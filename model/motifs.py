@@ -68,7 +68,6 @@ def discover(one_hot: np.ndarray, hypothetical: np.ndarray, task: str, min_seqle
         flank_size=FLANK,
         min_metacluster_size=min_seqlets,
         final_min_cluster_size=min_seqlets,
-        target_seqlet_fdr=0.05,
         trim_to_window_size=WINDOW + FLANK,
         initial_flank_to_add=FLANK,
     )

@@ -314,10 +314,10 @@ def explain_best(args, result, out: Path) -> None:
     from search.explain import explain
 
     best = result.registered.best or f"runs:/{result.best.run_id}/model"
-    print()
+    print(f"\nwhat the best model ({best}) learned:")
     explanation = explain(
         best, out, data=result.data_dir, n=args.explain, tracking_uri=args.tracking_uri,
-        progress=_progress_bar, notice=lambda line: print(f"best model {best}: {line}"), log_to=result.parent_run_id,
+        progress=_progress_bar, log_to=result.parent_run_id,
     )
     print_explanation(explanation)
 
@@ -423,7 +423,7 @@ def print_explanation(explanation) -> None:
         print(line)
     print(f"wrote {explanation.out}/summary.html, motifs.tsv, attributions.npz and logos/")
     if explanation.logged_to:
-        print(f"logged under explain/ in MLflow run {explanation.logged_to}")
+        print(f"logged under {explanation.artifact_path}/ in MLflow run {explanation.logged_to}")
 
 
 def study_name(args, kind: str) -> str:

@@ -55,6 +55,7 @@ class Explanation:
     motif_set: MotifSet
     notes: tuple[str, ...]  # what was left out and why
     logged_to: str | None = None  # MLflow run id
+    artifact_path: str = ARTIFACT_DIR  # where in that run: explain/, or explain_2/ ... for a later explain
 
     def recovered(self, task: str) -> dict:
         """Planted motif name -> the pattern that recovered it with the expected sign, for `task`."""
@@ -91,7 +92,7 @@ def motif_set(user: MotifSet | None, dream: bool, tasks: tuple[str, ...]) -> Mot
     if expected is None:
         return MotifSet(planted, "the synthetic generators' planted motifs (give --motifs for a real set)")
     names = {name for signs in expected.values() for name in signs}
-    return MotifSet({n: m for n, m in planted.items() if n in names}, "planted grammar", expected)
+    return MotifSet({n: m for n, m in planted.items() if n in names}, "the planted grammar", expected)
 
 
 def sample_rows(total: int, n: int) -> np.ndarray:
@@ -181,8 +182,7 @@ def explain(
     )
     run_id = log_to or model_run(model, tracking_uri)
     if run_id:
-        log_explanation(run_id, out, tracking_uri)
-        explanation = replace(explanation, logged_to=run_id)
+        explanation = replace(explanation, logged_to=run_id, artifact_path=log_explanation(run_id, out, tracking_uri))
     return explanation
 
 
@@ -204,13 +204,21 @@ def model_run(model: str, tracking_uri: str | None) -> str | None:
     return client.get_model_version(name, version).run_id if version.isdigit() else None
 
 
-def log_explanation(run_id: str, out, tracking_uri: str | None) -> None:
-    """Every file of `out` as artifacts of the run, under `explain/`."""
+def log_explanation(run_id: str, out, tracking_uri: str | None) -> str:
+    """Every file of `out` as artifacts of the run, under `explain/`, or `explain_2/`, ... when earlier ones are there.
+
+    MLflow cannot delete artifacts, so a later explanation never mixes its files with an earlier one's.
+    """
     from mlflow.tracking import MlflowClient
 
     from search.tracking_store import existing_tracking_store
 
-    MlflowClient(existing_tracking_store(tracking_uri)).log_artifacts(run_id, str(out), ARTIFACT_DIR)
+    client = MlflowClient(existing_tracking_store(tracking_uri))
+    taken = {artifact.path for artifact in client.list_artifacts(run_id)}
+    path = next(name for number in range(1, len(taken) + 2)
+                if (name := ARTIFACT_DIR if number == 1 else f"{ARTIFACT_DIR}_{number}") not in taken)
+    client.log_artifacts(run_id, str(out), path)
+    return path
 
 
 def motif_lines(explanation: Explanation) -> list[str]:

@@ -250,6 +250,10 @@ def test_a_trained_model_recovers_the_planted_motifs_with_their_signs_and_random
     assert agreement > 0.5
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "explain")}
     assert {"explain/motifs.tsv", "explain/summary.html", "explain/attributions.npz", "explain/logos"} <= logged
+    # A second explanation of the model goes beside the first, never mixed into it.
+    assert main(["explain", "--model", run.info.run_id, "--data", data, "--out", "again", "--n", "50", "--tracking-uri", uri]) == 0
+    assert f"logged under explain_2/ in MLflow run {run.info.run_id}" in capsys.readouterr().out
+    assert "explain_2/summary.html" in {a.path for a in client.list_artifacts(run.info.run_id, "explain_2")}
 
     import keras
 
