@@ -39,7 +39,6 @@ def main() -> int:
     args = parser.parse_args()
 
     import keras
-    import numpy as np
 
     from data_prep import synthesize
     from data_prep.encoding import encode_sequences

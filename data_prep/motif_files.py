@@ -73,19 +73,27 @@ def read_meme(path) -> dict[str, np.ndarray]:
         for number, line in enumerate(stream, start=1):
             text = line.strip()
             if text.startswith("ALPHABET") and text.partition("=")[2].strip() not in ("ACGT", ""):
-                raise MotifFileError(path, number, f"alphabet {text.partition('=')[2].strip()!r}; only DNA (ACGT) motifs are read")
+                raise MotifFileError(
+                    path, number, f"alphabet {text.partition('=')[2].strip()!r}; only DNA (ACGT) motifs are read"
+                )
             if text.startswith("MOTIF"):
                 if name is not None:
-                    raise MotifFileError(path, number, f"motif {name!r} has no letter-probability matrix before the next MOTIF")
+                    raise MotifFileError(
+                        path, number, f"motif {name!r} has no letter-probability matrix before the next MOTIF"
+                    )
                 name = " ".join(text.split()[1:]) or f"motif_{len(motifs) + 1}"
                 if name in motifs:
                     raise MotifFileError(path, number, f"motif {name!r} appears twice")
             elif text.startswith("letter-probability matrix"):
                 if name is None:
                     raise MotifFileError(path, number, "a letter-probability matrix outside a MOTIF")
-                fields = dict(pair.split("=", 1) for pair in text.partition(":")[2].replace("= ", "=").split() if "=" in pair)
+                fields = dict(
+                    pair.split("=", 1) for pair in text.partition(":")[2].replace("= ", "=").split() if "=" in pair
+                )
                 if not fields.get("w", "").isdigit() or int(fields["w"]) < 1:
-                    raise MotifFileError(path, number, f"w={fields.get('w')!r}; the matrix line needs its width, w= a whole number >= 1")
+                    raise MotifFileError(
+                        path, number, f"w={fields.get('w')!r}; the matrix line needs its width, w= a whole number >= 1"
+                    )
                 width, rows = int(fields["w"]), []
             elif width is not None and text:
                 values = text.split()
@@ -94,7 +102,9 @@ def read_meme(path) -> dict[str, np.ndarray]:
                 except ValueError:
                     row = []
                 if len(row) != len(BASES) or min(row) < 0 or not np.isfinite(row).all():
-                    raise MotifFileError(path, number, f"{text!r} in motif {name!r}; a matrix row is four probabilities >= 0 (A C G T)")
+                    raise MotifFileError(
+                        path, number, f"{text!r} in motif {name!r}; a matrix row is four probabilities >= 0 (A C G T)"
+                    )
                 rows.append(row)
                 if len(rows) == width:
                     matrix = np.asarray(rows, np.float64)
@@ -106,15 +116,26 @@ def read_meme(path) -> dict[str, np.ndarray]:
     if name is not None:
         raise MotifFileError(path, number, f"motif {name!r} ends before its {width or 'matrix'} rows")
     if not motifs:
-        raise MotifFileError(path, None, "no motifs; expected MEME format (MOTIF lines, each with a letter-probability matrix)")
+        raise MotifFileError(
+            path, None, "no motifs; expected MEME format (MOTIF lines, each with a letter-probability matrix)"
+        )
     return motifs
 
 
 def write_meme(path, motifs: dict[str, np.ndarray]) -> Path:
     """Write motifs (name -> PWM `(width, 4)`) as a MEME text file, replacing `path` atomically."""
     path = Path(path)
-    lines = ["MEME version 4", "", "ALPHABET= ACGT", "", "strands: + -", "",
-             "Background letter frequencies", "A 0.25 C 0.25 G 0.25 T 0.25", ""]
+    lines = [
+        "MEME version 4",
+        "",
+        "ALPHABET= ACGT",
+        "",
+        "strands: + -",
+        "",
+        "Background letter frequencies",
+        "A 0.25 C 0.25 G 0.25 T 0.25",
+        "",
+    ]
     for name, matrix in motifs.items():
         lines += [f"MOTIF {name}", f"letter-probability matrix: alength= 4 w= {len(matrix)}"]
         lines += [" ".join(f"{p:.6f}" for p in row) for row in np.asarray(matrix)]
@@ -140,5 +161,8 @@ def expected_motifs(dream: bool, tasks: tuple[str, ...]) -> dict[str, dict[str, 
         return {task: {n: s for n, s in signs.items() if n.startswith("dream:")} for task in tasks}
     for shape in SHAPES.values():
         if tuple(t.name for t in shape.tasks) == tuple(tasks):
-            return {t.name: {f"{shape.name}:{name}": float(np.sign(effect)) for name, _, effect in t.motifs} for t in shape.tasks}
+            return {
+                t.name: {f"{shape.name}:{name}": float(np.sign(effect)) for name, _, effect in t.motifs}
+                for t in shape.tasks
+            }
     return None

@@ -132,7 +132,9 @@ def _gradients(model, one_hot_batch: np.ndarray) -> np.ndarray:
             return outputs[:, task].sum()
 
         grad = jax.grad(task_sum)
-        return np.stack([np.asarray(grad(jnp.asarray(one_hot_batch), task), np.float32) for task in range(tasks)], axis=-1)
+        return np.stack(
+            [np.asarray(grad(jnp.asarray(one_hot_batch), task), np.float32) for task in range(tasks)], axis=-1
+        )
     raise ValueError(f"gradients are computed on the tensorflow or jax backend; Keras runs on {backend}")
 
 
@@ -195,7 +197,9 @@ def attribute(
         return Attributions(window_codes, predictions, effects, None, None), (f"gradient x input left out: {reason}",)
     agreement = positional_agreement(importance(effects, window_codes), importance(gradients, window_codes))
     share = keras_share(blend)
-    notes = () if share == 1 else (
-        f"gradient x input covers the Keras members, {share:.0%} of the blend; the k-mer member has no gradient",
+    notes = (
+        ()
+        if share == 1
+        else (f"gradient x input covers the Keras members, {share:.0%} of the blend; the k-mer member has no gradient",)
     )
     return Attributions(window_codes, predictions, effects, gradients, agreement), notes

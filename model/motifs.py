@@ -78,8 +78,14 @@ def discover(one_hot: np.ndarray, hypothetical: np.ndarray, task: str, min_seqle
             kept = np.flatnonzero(strength >= TRIM_SHARE * strength.max())
             core = slice(kept.min(), kept.max() + 1)
             patterns.append(
-                Pattern(task, f"{prefix}_{rank}", sign, len(pattern.seqlets),
-                        np.asarray(pattern.sequence[core], np.float64), np.asarray(pattern.contrib_scores[core], np.float64))
+                Pattern(
+                    task,
+                    f"{prefix}_{rank}",
+                    sign,
+                    len(pattern.seqlets),
+                    np.asarray(pattern.sequence[core], np.float64),
+                    np.asarray(pattern.contrib_scores[core], np.float64),
+                )
             )
     return patterns
 
@@ -87,7 +93,9 @@ def discover(one_hot: np.ndarray, hypothetical: np.ndarray, task: str, min_seqle
 def decoys(count: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random motifs 6 to 14 wide (columns from a Dirichlet(0.5)), reproducible by `seed`."""
     rng = np.random.default_rng(seed)
-    return {f"{DECOY_PREFIX}{i + 1}": rng.dirichlet(np.full(4, 0.5), size=int(rng.integers(6, 15))) for i in range(count)}
+    return {
+        f"{DECOY_PREFIX}{i + 1}": rng.dirichlet(np.full(4, 0.5), size=int(rng.integers(6, 15))) for i in range(count)
+    }
 
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:

@@ -755,7 +755,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predicted = predict.add_argument_group("what to predict (--sequences, --variants PAIRS, or both)")
     add_model_arguments(predict, sequences=predicted)
-    predict.add_argument("--out", type=Path, required=True, help="submission file to write (replaced atomically)")
+    predict.add_argument(
+        "--out", type=Path, required=True,
+        help="file to write (replaced atomically): the submission, or with --variants the variant effects",
+    )
     predict.add_argument(
         "--format", choices=["tsv", "json"], help="submission format (default: json for a .json --out, else tsv)"
     )

@@ -177,8 +177,13 @@ def explain(
         codes = stored_codes(blend, read, notice)[:n]
         notice(f"explaining the first {len(codes):,} of the {len(read.sequences):,} sequences of {sequences}")
     explanation = explain_blend(
-        blend, codes, out, motif_set(user_motifs, blend.layout.preset == "dream", blend.tasks), batch_size,
-        progress("in-silico mutagenesis") if progress else None, notice,
+        blend,
+        codes,
+        out,
+        motif_set(user_motifs, blend.layout.preset == "dream", blend.tasks),
+        batch_size,
+        progress("in-silico mutagenesis") if progress else None,
+        notice,
     )
     run_id = log_to or model_run(model, tracking_uri)
     if run_id:
@@ -215,8 +220,11 @@ def log_explanation(run_id: str, out, tracking_uri: str | None) -> str:
 
     client = MlflowClient(existing_tracking_store(tracking_uri))
     taken = {artifact.path for artifact in client.list_artifacts(run_id)}
-    path = next(name for number in range(1, len(taken) + 2)
-                if (name := ARTIFACT_DIR if number == 1 else f"{ARTIFACT_DIR}_{number}") not in taken)
+    path = next(
+        name
+        for number in range(1, len(taken) + 2)
+        if (name := ARTIFACT_DIR if number == 1 else f"{ARTIFACT_DIR}_{number}") not in taken
+    )
     client.log_artifacts(run_id, str(out), path)
     return path
 
@@ -303,7 +311,9 @@ def _write_logos(explanation: Explanation, directory: Path, window_start: int) -
     drawn = []
     for p in explanation.patterns:
         match = f"matches {p.match} (q {p.q_value:.1e})" if p.match else "no match in the motif set"
-        caption = f"{p.task} {p.name}: {p.seqlets} sites, {'raises' if p.sign > 0 else 'lowers'} the prediction; {match}"
+        caption = (
+            f"{p.task} {p.name}: {p.seqlets} sites, {'raises' if p.sign > 0 else 'lowers'} the prediction; {match}"
+        )
         path = directory / f"pattern_{_file_part(p.task)}_{p.name}.png"
         motif_logo(p.contributions, path, caption)
         drawn.append((caption, path))
@@ -311,9 +321,23 @@ def _write_logos(explanation: Explanation, directory: Path, window_start: int) -
     present = one_hot(a.window_codes)
     for task_index, task in enumerate(explanation.tasks):
         for rank, row in enumerate(np.argsort(-a.predictions[:, task_index])[:LOGO_SEQUENCES], start=1):
-            panels = [("mutagenesis", (hypothetical(a.mutagenesis[row : row + 1]) * present[row : row + 1, ..., None])[0, ..., task_index])]
+            panels = [
+                (
+                    "mutagenesis",
+                    (hypothetical(a.mutagenesis[row : row + 1]) * present[row : row + 1, ..., None])[
+                        0, ..., task_index
+                    ],
+                )
+            ]
             if a.gradients is not None:
-                panels.append(("gradient x input", (hypothetical(a.gradients[row : row + 1]) * present[row : row + 1, ..., None])[0, ..., task_index]))
+                panels.append(
+                    (
+                        "gradient x input",
+                        (hypothetical(a.gradients[row : row + 1]) * present[row : row + 1, ..., None])[
+                            0, ..., task_index
+                        ],
+                    )
+                )
             caption = f"{task}: predicted {a.predictions[row, task_index]:.2f}, the #{rank} of the sample (row {row})"
             path = directory / f"sequence_{_file_part(task)}_{rank}.png"
             attribution_logo(panels, path, caption, window_start)
@@ -338,7 +362,9 @@ def _write_summary(explanation: Explanation, logos: list[tuple[str, Path]], path
     ]
     if a.agreement is not None:
         agreement = ", ".join(f"{t} {r:.2f}" for t, r in zip(explanation.tasks, a.agreement))
-        parts.append(f"<p>Gradient x input against mutagenesis, median per-sequence r over positions: {html.escape(agreement)}.</p>")
+        parts.append(
+            f"<p>Gradient x input against mutagenesis, median per-sequence r over positions: {html.escape(agreement)}.</p>"
+        )
     for line in motif_lines(explanation):
         if "recovered" in line:
             parts.append(f"<p><b>{html.escape(line.strip())}</b></p>")

@@ -173,7 +173,6 @@ def test_explain_writes_its_folder_for_a_two_task_model_read_from_sequences(tmp_
     import keras
 
     from data_prep.encoding import SequenceLayout
-    from model import InputConfig
 
     keras.utils.set_random_seed(6)
     layout = SequenceLayout(60, 0, 60)
